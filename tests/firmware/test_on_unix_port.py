@@ -1,0 +1,28 @@
+"""Run every firmware test module in this folder on the MicroPython Unix port too.
+
+The modules are plain-assert tests that pytest runs on CPython; here the same files run on the Unix port
+through mpyunit.py, so a firmware module that only works on CPython fails the suite.
+"""
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fieldnode import paths
+
+HERE = Path(__file__).resolve().parent
+MODULES = sorted(p.stem for p in HERE.glob("test_*.py") if p.stem != "test_on_unix_port")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_on_unix_port(module):
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join([str(HERE), paths.micropypath()]))
+    proc = subprocess.run([paths.micropython_exe(), "-X", "heapsize=2M", str(HERE / "mpyunit.py"), module],
+                          cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    summary = re.search(r"^(\d+) passed, (\d+) failed$", proc.stdout, re.M)
+    assert summary, out
+    assert int(summary.group(1)) > 0, "no tests ran on the Unix port:\n" + out
+    assert proc.returncode == 0 and summary.group(2) == "0", out
