@@ -27,5 +27,6 @@ def micropython_exe():
 
 
 def micropypath():
-    """MICROPYPATH for a node on the Unix port: firmware, Unix compat modules, fetched libs."""
-    return os.pathsep.join(str(p) for p in (FIRMWARE, UNIX_COMPAT, MPYLIB))
+    """MICROPYPATH for a node on the Unix port: frozen modules (ssl, asyncio live there), firmware,
+    Unix compat modules, fetched libs."""
+    return os.pathsep.join([".frozen"] + [str(p) for p in (FIRMWARE, UNIX_COMPAT, MPYLIB)])

@@ -1,0 +1,118 @@
+# machine.I2C's memory methods over TCP, to the bench's emulated devices (fieldnode.bench.i2cbus, which
+# documents the framing). Used by the node on the Unix port; runs on CPython too (host tests).
+# Errors as machine.I2C raises them: NACK -> OSError(ENODEV), no reply in time -> OSError(ETIMEDOUT).
+# The socket opens on first use and again after any failure; nothing touches the network before that.
+import socket
+import struct
+
+from micropython import const
+
+try:
+    from errno import ECONNRESET, EIO, ENODEV, ETIMEDOUT, EAGAIN
+except ImportError:  # pragma: no cover
+    ECONNRESET, EIO, ENODEV, ETIMEDOUT, EAGAIN = 104, 5, 19, 110, 11
+
+_OP_NAME = const(0x4E)
+_OP_READ = const(0x52)
+_OP_WRITE = const(0x57)
+_OP_SCAN = const(0x53)
+_OK = const(0)
+_NACK = const(1)
+_HEADER = const(5)
+_INLINE = const(32)  # writes up to this size go out in the preallocated frame
+
+
+class SocketI2C:
+    def __init__(self, host, port, bus_name, timeout_s=2):
+        self._host = host
+        self._port = port
+        self._name = bus_name.encode() if isinstance(bus_name, str) else bytes(bus_name)
+        self._timeout = timeout_s
+        self._sock = None
+        self._frame = bytearray(_HEADER + _INLINE)  # header, then inline write data
+        self._status = bytearray(1)
+
+    def readfrom_mem_into(self, addr, reg, buf):
+        self._request(_OP_READ, addr, reg, len(buf), None, buf)
+
+    def readfrom_mem(self, addr, reg, n):
+        buf = bytearray(n)
+        self._request(_OP_READ, addr, reg, n, None, buf)
+        return bytes(buf)
+
+    def writeto_mem(self, addr, reg, buf):
+        self._request(_OP_WRITE, addr, reg, len(buf), buf, None)
+
+    def scan(self):
+        found = bytearray(16)
+        self._request(_OP_SCAN, 0, 0, 16, None, found)
+        return [a for a in range(128) if found[a >> 3] & (1 << (a & 7))]
+
+    def close(self):
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def _request(self, op, addr, reg, n, data, into):
+        if self._sock is None:
+            self._connect()
+        try:
+            self._send(op, addr, reg, n, data)
+            self._recv_into(self._status, 1)
+            status = self._status[0]
+            if status == _OK:
+                if into is not None:
+                    self._recv_into(into, n)
+                return
+        except OSError as exc:
+            self.close()
+            code = getattr(exc, "errno", None)
+            if code is None or code == EAGAIN or code == ETIMEDOUT:  # CPython's socket.timeout has no errno
+                raise OSError(ETIMEDOUT, "i2c bench bus %s:%s: no reply in %ss" % (self._host, self._port, self._timeout))
+            raise
+        if status == _NACK:
+            raise OSError(ENODEV, "i2c 0x%02x: NACK" % addr)
+        self.close()  # the bench closes the connection after an error reply
+        raise OSError(EIO, "i2c bench bus: error reply to op 0x%02x at 0x%02x" % (op, addr))
+
+    def _connect(self):
+        ai = socket.getaddrinfo(self._host, self._port, 0, socket.SOCK_STREAM)[0]
+        self._sock = socket.socket(ai[0], socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(self._timeout)
+            self._sock.connect(ai[-1])
+            self._send(_OP_NAME, 0, 0, len(self._name), self._name)
+            self._recv_into(self._status, 1)
+        except OSError as exc:
+            self.close()
+            code = getattr(exc, "errno", None)
+            if code is None or code == EAGAIN or code == ETIMEDOUT:
+                raise OSError(ETIMEDOUT, "i2c bench bus %s:%s: connect timed out" % (self._host, self._port))
+            raise
+        if self._status[0] != _OK:
+            self.close()
+            raise OSError(EIO, "i2c bench bus %s:%s refused bus name %r" % (self._host, self._port, self._name))
+
+    def _send(self, op, addr, reg, n, data):
+        frame = self._frame
+        struct.pack_into(">BBBH", frame, 0, op, addr, reg, n)
+        if data is None:
+            self._sock.sendall(memoryview(frame)[:_HEADER])
+        elif n <= _INLINE:
+            frame[_HEADER:_HEADER + n] = data
+            self._sock.sendall(memoryview(frame)[:_HEADER + n])
+        else:
+            self._sock.sendall(bytes(frame[:_HEADER]) + bytes(data))
+
+    def _recv_into(self, buf, n):
+        view = memoryview(buf)
+        sock = self._sock
+        readinto = getattr(sock, "recv_into", None) or sock.readinto  # CPython / MicroPython
+        got = 0
+        while got < n:
+            k = readinto(view[got:n])
+            if not k:
+                raise OSError(ECONNRESET, "i2c bench bus %s:%s closed the connection" % (self._host, self._port))
+            got += k

@@ -1,0 +1,115 @@
+"""The HIL rig: a throwaway fleet (CA, certificates, payload keys), a real mosquitto with mutual TLS,
+the emulated sensor bus and N virtual nodes on the MicroPython Unix port — all on loopback.
+
+Used by `fieldnode demo` and the HIL tests:
+
+    with Rig(tmpdir, ["node-1", "node-2"], interval_s=0.5) as rig:
+        with rig.monitor(on_message=...):
+            rig.sensors["node-1"].set_environment(temperature_c=9.5)
+"""
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from .. import boards, nodeconfig, pki
+from ..fleet import Fleet
+from ..monitor import Monitor
+from .bme280_emu import BME280Emulator
+from .broker import LOOPBACK, Broker
+from .i2cbus import I2CBusServer
+from .vnode import VirtualNode, write_node_files
+
+KEY_ID = 1
+
+
+class Rig:
+    def __init__(self, workdir, node_ids, interval_s=1.0, thresholds=None, environment=None, heapsize="512k"):
+        self.workdir = Path(workdir)
+        self.node_ids = list(node_ids)
+        self.interval_s = interval_s
+        self.thresholds = thresholds or {}
+        self.environment = dict(environment or {})
+        self.heapsize = heapsize
+        self.fleet = Fleet(self.workdir / "fleet")
+        self.broker = None
+        self.bus = None
+        self.sensors = {}
+        self.nodes = {}
+
+    # -- set-up -----------------------------------------------------------------------------------------
+
+    def _make_pki(self):
+        f = self.fleet
+        ca_key, self.ca_cert = pki.make_ca()
+        self.ca_key = ca_key
+        for p in (f.ca_cert, f.host_cert):
+            p.parent.mkdir(parents=True, exist_ok=True)
+        pki.write_cert(f.ca_cert, self.ca_cert)
+        pki.write_key(f.ca_key, ca_key)
+        host_key, host_cert = pki.issue_client_cert(ca_key, self.ca_cert, pki.HOST_CN)
+        pki.write_cert(f.host_cert, host_cert)
+        pki.write_key(f.host_key, host_key)
+        server_dir = self.workdir / "server"
+        server_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        server_key, server_cert = pki.issue_server_cert(ca_key, self.ca_cert)
+        self.server_cert_path = pki.write_cert(server_dir / "server.pem", server_cert)
+        self.server_key_path = pki.write_key(server_dir / "server.key", server_key)
+
+    def add_node(self, node_id, start=True):
+        """Provision a virtual node (certificate, payload key, config) and start it."""
+        key, cert = pki.issue_client_cert(self.ca_key, self.ca_cert, node_id)
+        payload_key = os.urandom(32)
+        self.fleet.save_payload_key(node_id, KEY_ID, payload_key)
+        sensor = BME280Emulator(**self.environment)
+        self.bus.bus(node_id).attach(0x76, sensor)
+        self.sensors[node_id] = sensor
+        cfg = nodeconfig.build(
+            node_id, KEY_ID, "localhost", self.broker.port, boards.load("unix"), interval_s=self.interval_s,
+            thresholds=self.thresholds, bench={"i2c": "%s:%d" % self.bus.address, "bus": node_id})
+        # the broker listens on 127.0.0.1 only; "localhost" is the name its certificate carries
+        cfg["broker"]["host"] = LOOPBACK
+        cfg["broker"]["server_name"] = "localhost"
+        nodeconfig.validate(cfg)
+        folder = self.workdir / "nodes" / node_id
+        write_node_files(folder, cfg, self.ca_cert.public_bytes(Encoding.DER), cert.public_bytes(Encoding.DER),
+                         pki.key_bytes(key, "der"), payload_key)
+        node = VirtualNode(node_id, folder, heapsize=self.heapsize)
+        self.nodes[node_id] = node
+        if start:
+            node.start()
+        return node
+
+    def start(self):
+        try:
+            self._make_pki()
+            self.broker = Broker(self.workdir / "broker", self.fleet.ca_cert, self.server_cert_path,
+                                 self.server_key_path, self.node_ids).start()
+            self.fleet.save_broker(LOOPBACK, self.broker.port)
+            self.bus = I2CBusServer().start()
+            for node_id in self.node_ids:
+                self.add_node(node_id)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def monitor(self, **callbacks):
+        """A verifying subscriber with the host certificate (start it with `with` or .start())."""
+        f = self.fleet
+        return Monitor(LOOPBACK, self.broker.port, f.ca_cert, f.host_cert, f.host_key, f.payload_keys(),
+                       **callbacks)
+
+    def stop(self):
+        for node in self.nodes.values():
+            node.stop()
+        if self.bus is not None:
+            self.bus.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
