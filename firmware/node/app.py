@@ -44,7 +44,7 @@ class Node:
         log("node", cfg.node_id, "boot", self.counters.boot, "started")
 
     def _open_sensor(self):
-        from node.sensors.bme280 import BME280
+        from node.sensors.bme280 import BME280, WrongChipError
 
         s = self.cfg.sensor
         try:
@@ -54,7 +54,7 @@ class Node:
             log("sensor ready at", hex(s["address"]))
         except OSError as exc:
             self.sensor = None
-            self.sensor_status = WRONG_CHIP if "id" in str(exc) else READ_ERROR
+            self.sensor_status = WRONG_CHIP if isinstance(exc, WrongChipError) else READ_ERROR
             log("sensor error:", exc)
 
     def read(self):

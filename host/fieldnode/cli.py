@@ -71,7 +71,7 @@ def _broker_address(text):
 @arg("--count", type=int, metavar="N", help="stop after N verified messages")
 def do_monitor(args):
     from . import demo
-    from .fleet import Fleet, resolve
+    from .fleet import Fleet, KeyRing, resolve
     from .monitor import Monitor
 
     fleet = Fleet(resolve(args.fleet))
@@ -80,7 +80,7 @@ def do_monitor(args):
     done = threading.Event()
     seen = [0]
 
-    def on_message(opened):
+    def on_message(opened, payload):
         print(json.dumps(opened.as_dict(), sort_keys=True) if args.json else demo.format_row(opened), flush=True)
         seen[0] += 1
         if args.count and seen[0] >= args.count:
@@ -91,7 +91,7 @@ def do_monitor(args):
 
     if not args.json:
         print(demo.HEADER, flush=True)
-    with Monitor(host, port, fleet.ca_cert, fleet.host_cert, fleet.host_key, fleet.payload_keys(),
+    with Monitor(host, port, fleet.ca_cert, fleet.host_cert, fleet.host_key, KeyRing(fleet),
                  on_message=on_message, on_reject=on_reject):
         done.wait()
 

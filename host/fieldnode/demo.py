@@ -58,7 +58,7 @@ def run_demo(nodes=3, duration=None, as_json=False, out=None, interval_s=1.0):
             out.write(text + "\n")
             out.flush()
 
-    def on_message(opened):
+    def on_message(opened, payload):
         counts["verified"] += 1
         emit(json.dumps(opened.as_dict(), sort_keys=True) if as_json else format_row(opened))
 

@@ -72,3 +72,17 @@ class Fleet:
     def save_broker(self, host, port):
         self.broker_file.parent.mkdir(parents=True, exist_ok=True)
         self.broker_file.write_text(json.dumps({"host": host, "port": port}))
+
+
+class KeyRing:
+    """Payload keys by node id, read from the fleet directory and re-read when a node is not known yet
+    (a node provisioned while a monitor runs). A mapping-like `get(node_id, default)`."""
+
+    def __init__(self, fleet):
+        self._fleet = fleet
+        self._keys = fleet.payload_keys()
+
+    def get(self, node_id, default=None):
+        if node_id not in self._keys:
+            self._keys = self._fleet.payload_keys()
+        return self._keys.get(node_id, default)

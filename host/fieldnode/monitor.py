@@ -14,13 +14,13 @@ TOPICS = ("fieldnode/+/reading", "fieldnode/+/alarm", "fieldnode/+/status")
 class Monitor:
     """A verifying subscriber. Callbacks run on paho's network thread:
 
-    on_message(opened: protocol.Opened), on_status(node_id, text), on_reject(node_id, topic, reason, payload).
+    on_message(opened: protocol.Opened, payload: bytes) — the sealed bytes as received —, on_status(node_id, text), on_reject(node_id, topic, reason, payload).
     `keys` maps node id -> {key_id: master key}; a node without keys has its messages rejected.
     """
 
     def __init__(self, host, port, ca, cert, key, keys, on_message=None, on_status=None, on_reject=None):
         self.keys = keys
-        self.on_message = on_message or (lambda opened: None)
+        self.on_message = on_message or (lambda opened, payload: None)
         self.on_status = on_status or (lambda node, text: None)
         self.on_reject = on_reject or (lambda node, topic, reason, payload: None)
         self._host, self._port = host, port
@@ -62,7 +62,7 @@ class Monitor:
         if kind != expected:
             self.on_reject(node, msg.topic, "wrong-topic", msg.payload)
             return
-        self.on_message(opened)
+        self.on_message(opened, msg.payload)
 
     def start(self, timeout=15):
         try:

@@ -88,3 +88,4 @@ def pid_exists(pid):
     except ProcessLookupError:
         return False
     return True
+

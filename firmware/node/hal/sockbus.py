@@ -67,11 +67,7 @@ class SocketI2C:
                     self._recv_into(into, n)
                 return
         except OSError as exc:
-            self.close()
-            code = getattr(exc, "errno", None)
-            if code is None or code == EAGAIN or code == ETIMEDOUT:  # CPython's socket.timeout has no errno
-                raise OSError(ETIMEDOUT, "i2c bench bus %s:%s: no reply in %ss" % (self._host, self._port, self._timeout))
-            raise
+            self._fail(exc, "request")
         if status == _NACK:
             raise OSError(ENODEV, "i2c 0x%02x: NACK" % addr)
         self.close()  # the bench closes the connection after an error reply
@@ -86,14 +82,20 @@ class SocketI2C:
             self._send(_OP_NAME, 0, 0, len(self._name), self._name)
             self._recv_into(self._status, 1)
         except OSError as exc:
-            self.close()
-            code = getattr(exc, "errno", None)
-            if code is None or code == EAGAIN or code == ETIMEDOUT:
-                raise OSError(ETIMEDOUT, "i2c bench bus %s:%s: connect timed out" % (self._host, self._port))
-            raise
+            self._fail(exc, "connect")
         if self._status[0] != _OK:
             self.close()
             raise OSError(EIO, "i2c bench bus %s:%s refused bus name %r" % (self._host, self._port, self._name))
+
+    def _fail(self, exc, what):
+        # Drop the connection (a late reply would be taken for the next one's) and report timeouts as
+        # ETIMEDOUT: MicroPython says ETIMEDOUT or EAGAIN, CPython's socket.timeout has no errno.
+        self.close()
+        code = getattr(exc, "errno", None)
+        if code is None or code == EAGAIN or code == ETIMEDOUT:
+            raise OSError(ETIMEDOUT, "i2c bench bus %s:%s: %s timed out after %ss"
+                          % (self._host, self._port, what, self._timeout))
+        raise exc
 
     def _send(self, op, addr, reg, n, data):
         frame = self._frame

@@ -2,7 +2,9 @@
 # readfrom_mem_into(addr, reg, buf), readfrom_mem(addr, reg, n), writeto_mem(addr, reg, buf).
 #
 # Every read() is one forced-mode conversion and one burst read of 0xF7..0xFE, so T, H and P come from the
-# same sample. Compensation uses the datasheet's floating-point formulas (section 4.2.3 / 8.1).
+# same sample. Compensation uses the datasheet's floating-point formulas (appendix 8.1). For humidity these
+# differ from Bosch's C API (and Adafruit's port of it) when dig_H3 != 0; they agree with the datasheet's
+# integer formulas, which fieldnode.bench.bme280_emu implements.
 # Oversampling and the IIR filter are given as factors, as the datasheet names them:
 # osrs_* in (1, 2, 4, 8, 16) and iir in (0 = off, 2, 4, 8, 16). Skipping a channel is not supported.
 #
@@ -49,6 +51,10 @@ _OVERSAMPLING = {1: 1, 2: 2, 4: 3, 8: 4, 16: 5}
 _FILTER = {0: 0, 2: 1, 4: 2, 8: 3, 16: 4}
 
 
+class WrongChipError(OSError):
+    """Something answers at the address, but it is not a BME280 (e.g. a BMP280 fitted by mistake)."""
+
+
 def _code(table, value, name):
     try:
         return table[value]
@@ -73,7 +79,7 @@ class BME280:
 
         self.chip_id = self._read_u8(_REG_CHIP_ID)
         if self.chip_id != CHIP_ID:
-            raise OSError(EIO, "bme280 at 0x%02x: chip id 0x%02x, expected 0x%02x" % (address, self.chip_id, CHIP_ID))
+            raise WrongChipError(EIO, "bme280 at 0x%02x: chip id 0x%02x, expected 0x%02x" % (address, self.chip_id, CHIP_ID))
         i2c.writeto_mem(address, _REG_RESET, bytes((_RESET_WORD,)))
         _sleep_ms(2)
         self._wait(_STATUS_IM_UPDATE, _RESET_POLLS, "NVM copy after reset")
@@ -129,7 +135,7 @@ class BME280:
         x = (self._p3 * x * x / 524288.0 + self._p2 * x) / 524288.0
         x = (1.0 + x / 32768.0) * self._p1
         if x == 0:
-            raise OSError(EIO, "bme280 at 0x%02x: calibration gives a zero pressure divisor" % self.address)
+            raise WrongChipError(EIO, "bme280 at 0x%02x: calibration gives a zero pressure divisor" % self.address)
         p = (1048576.0 - adc_p - y / 4096.0) * 6250.0 / x
         pressure = p + (self._p9 * p * p / 2147483648.0 + p * self._p8 / 32768.0 + self._p7) / 16.0
 

@@ -131,6 +131,7 @@ class BME280Emulator:
             calibration = unpack_calibration(calibration)
         self.calibration = calibration
         self._lock = threading.RLock()
+        self._env_lock = threading.Lock()
         self._regs = bytearray(256)
         cal = pack_calibration(calibration)
         self._regs[REG_CALIB_TP:REG_CALIB_TP + 26] = cal[:26]
@@ -163,7 +164,7 @@ class BME280Emulator:
 
     def set_environment(self, temperature_c=None, humidity_rh=None, pressure_pa=None):
         """Change what the next conversions measure; ValueError if the sensor cannot represent it."""
-        with self._lock:
+        with self._env_lock:  # one setter at a time; the register lock is held only for the swap
             t, h, p = self._env
             t = t if temperature_c is None else temperature_c
             h = h if humidity_rh is None else humidity_rh
@@ -176,7 +177,8 @@ class BME280Emulator:
             fine = t_fine(cal, adc_t)
             adc_p = _invert(lambda x: pressure_q24_8(cal, fine, x), p * 256, 0xFFFFF, f"pressure {p} Pa")
             adc_h = _invert(lambda x: humidity_q22_10(cal, fine, x), h * 1024, 0xFFFF, f"humidity {h} %RH")
-            self._env, self._raw = (t, h, p), (adc_t, adc_p, adc_h)
+            with self._lock:
+                self._env, self._raw = (t, h, p), (adc_t, adc_p, adc_h)
 
     def load_adc(self, adc_t=None, adc_p=None, adc_h=None):
         """Write raw ADC values straight into 0xF7..0xFE (with ``stuck`` set, conversions keep them)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .. import boards, nodeconfig, pki
-from ..fleet import Fleet
+from ..fleet import Fleet, KeyRing
 from ..monitor import Monitor
 from .bme280_emu import BME280Emulator
 from .broker import LOOPBACK, Broker
@@ -24,9 +24,11 @@ KEY_ID = 1
 
 
 class Rig:
-    def __init__(self, workdir, node_ids, interval_s=1.0, thresholds=None, environment=None, heapsize="512k"):
+    def __init__(self, workdir, node_ids, interval_s=1.0, thresholds=None, environment=None, heapsize="512k",
+                 autostart=None):
         self.workdir = Path(workdir)
-        self.node_ids = list(node_ids)
+        self.node_ids = list(node_ids)  # all of them get broker ACL entries
+        self.autostart = self.node_ids if autostart is None else list(autostart)
         self.interval_s = interval_s
         self.thresholds = thresholds or {}
         self.environment = dict(environment or {})
@@ -56,16 +58,21 @@ class Rig:
         self.server_cert_path = pki.write_cert(server_dir / "server.pem", server_cert)
         self.server_key_path = pki.write_key(server_dir / "server.key", server_key)
 
-    def add_node(self, node_id, start=True):
-        """Provision a virtual node (certificate, payload key, config) and start it."""
-        key, cert = pki.issue_client_cert(self.ca_key, self.ca_cert, node_id)
+    def add_node(self, node_id, start=True, issuer=None, broker_port=None):
+        """Provision a virtual node (certificate, payload key, config) and start it.
+
+        `issuer` (ca_key, ca_cert) signs the node's certificate instead of the fleet CA (a rogue node);
+        `broker_port` points the node somewhere else than the broker (e.g. through a proxy)."""
+        ca_key, ca_cert = issuer or (self.ca_key, self.ca_cert)
+        key, cert = pki.issue_client_cert(ca_key, ca_cert, node_id)
         payload_key = os.urandom(32)
         self.fleet.save_payload_key(node_id, KEY_ID, payload_key)
         sensor = BME280Emulator(**self.environment)
         self.bus.bus(node_id).attach(0x76, sensor)
         self.sensors[node_id] = sensor
         cfg = nodeconfig.build(
-            node_id, KEY_ID, "localhost", self.broker.port, boards.load("unix"), interval_s=self.interval_s,
+            node_id, KEY_ID, "localhost", broker_port or self.broker.port, boards.load("unix"),
+            interval_s=self.interval_s,
             thresholds=self.thresholds, bench={"i2c": "%s:%d" % self.bus.address, "bus": node_id})
         # the broker listens on 127.0.0.1 only; "localhost" is the name its certificate carries
         cfg["broker"]["host"] = LOOPBACK
@@ -87,7 +94,7 @@ class Rig:
                                  self.server_key_path, self.node_ids).start()
             self.fleet.save_broker(LOOPBACK, self.broker.port)
             self.bus = I2CBusServer().start()
-            for node_id in self.node_ids:
+            for node_id in self.autostart:
                 self.add_node(node_id)
         except BaseException:
             self.stop()
@@ -97,7 +104,7 @@ class Rig:
     def monitor(self, **callbacks):
         """A verifying subscriber with the host certificate (start it with `with` or .start())."""
         f = self.fleet
-        return Monitor(LOOPBACK, self.broker.port, f.ca_cert, f.host_cert, f.host_key, f.payload_keys(),
+        return Monitor(LOOPBACK, self.broker.port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f),
                        **callbacks)
 
     def stop(self):
