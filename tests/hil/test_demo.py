@@ -22,10 +22,11 @@ def _processes_mentioning(marker):
     return found
 
 
-def test_demo_json_shows_verified_readings_from_every_node_and_cleans_up():
+def test_demo_json_shows_verified_readings_from_every_node_and_cleans_up(tmp_path):
     exe = Path(sys.executable).with_name("fieldnode")
+    # the demo's throwaway folder lands under tmp_path, so leftovers of this run are recognisable
     proc = subprocess.run([str(exe), "demo", "--nodes", "2", "--duration", "6", "--json", "--interval", "0.5"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, TMPDIR=str(tmp_path)))
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     readings = [r for r in rows if r["type"] == "reading"]
@@ -36,7 +37,7 @@ def test_demo_json_shows_verified_readings_from_every_node_and_cleans_up():
     for node in ("node-1", "node-2"):
         seqs = [r["seq"] for r in rows if r["node"] == node]
         assert seqs == sorted(set(seqs)), "duplicated or reordered sequence numbers"
-    assert _processes_mentioning("fieldnode-demo-") == []
+    assert _processes_mentioning(str(tmp_path)) == []
 
 
 def test_demo_rejects_bad_options_with_one_line():
