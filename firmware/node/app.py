@@ -1,13 +1,21 @@
-# The node's supervisor: read the sensor, check thresholds, seal, publish; one cycle per interval.
-import time
-
+# The node's supervisor, one cycle per interval:
+#   read the sensor and judge the sample (node/health) -> thresholds (node/alarms) -> seal (node/seal) ->
+#   store on flash (node/queue) -> publish what the link can carry, alarms first, then the reading ->
+#   replay up to queue.replay stored messages, oldest first -> commit the queue -> report status changes.
+# Between cycles it keeps the link alive (PINGREQ after keepalive/2 of silence). The broker and the Wi-Fi
+# are retried with exponential backoff and jitter; while either is down every message just waits on flash.
+# The watchdog is fed at the end of a cycle that completed with everything it made on flash, never
+# elsewhere: a hung or failing loop resets the board.
+#
+# Status topic (docs/protocol.md): "online", followed by " sensor=<bits>" while the sensor is faulty,
+# " dropped=<n>" once the full queue dropped messages and " lost=<n>" once records were lost on flash.
 from node import config as config_mod
-
-# sensor_status bits (docs/protocol.md)
-READ_ERROR = 1
-WRONG_CHIP = 2
+from node.health import (IMPLAUSIBLE, READ_ERROR, STUCK, STUCK_SAMPLES, WRONG_CHIP, Health, conversion_stuck,
+                         describe)
+from node.timing import Backoff, sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 CHANNELS = ("temperature_c", "humidity_rh", "pressure_pa")
+_TYPE_ALARM = 2  # the message type byte (docs/protocol.md)
 
 
 def log(*parts):
@@ -19,15 +27,31 @@ class Node:
         self.cfg = cfg
         self.hal = platform
         self.sensor = None
-        self.sensor_status = 0
+        self.fault = 0  # READ_ERROR, WRONG_CHIP or STUCK from the last read, else 0
+        self.sensor_status = 0  # what the last reading carried
         self.time_quality = 0
-        self._next_connect = 0
-        self._backoff_ms = 1000
+        self.health = Health()
+        self._bus = None
+        self._adc = bytearray(8)
+        self._values = [None, None, None]
         self._offsets = tuple(cfg.calibration.get(c, 0) for c in CHANNELS)
+        b = cfg.broker
+        self._broker_retry = Backoff(int(b["retry_min_s"] * 1000), int(b["retry_max_s"] * 1000))
+        self._wifi_retry = Backoff(int(b["retry_min_s"] * 1000), int(b["retry_max_s"] * 1000))
+        self._replay = cfg.queue["replay"]
+        self._net_up = True
+        self._status_sent = None
+        self._healthy = True
+        self._attempted = False
+
+    def watchdog_ms(self):
+        """Long enough for the slowest healthy cycle: a connect attempt and a publish that time out."""
+        return int(max(30, 3 * self.cfg.interval_s, 8 * self.cfg.broker["timeout_s"]) * 1000)
 
     def start(self):
         from node.alarms import AlarmSet
         from node.link import Link
+        from node.queue import Queue
         from node.seal import Sealer
         from node.store import Counters
 
@@ -36,102 +60,290 @@ class Node:
             key = f.read()
         self.sealer = Sealer(key, cfg.key_id, cfg.node_id)
         self.counters = Counters()
+        self.queue = Queue("queue", cfg.queue["records"], self.counters.floor, self.counters.reserve, log)
         self.alarms = AlarmSet(cfg.thresholds)
         self.link = Link(cfg)
-        self.hal.start_watchdog(max(30000, int(cfg.interval_s * 3000)))
-        self.hal.connect_network(15000)
+        self.hal.start_watchdog(self.watchdog_ms())
+        self._net_up = self.hal.connect_network(15000)
         self.time_quality = self.hal.sync_time()
-        log("node", cfg.node_id, "boot", self.counters.boot, "started")
+        log("node", cfg.node_id, "boot", self.counters.boot, "started, next seq", self.queue.next_seq)
 
-    def _open_sensor(self):
-        from node.sensors.bme280 import BME280, WrongChipError
+    # -- the sensor -------------------------------------------------------------------------------------
+
+    def _make_sensor(self, bus):
+        from node.sensors.bme280 import BME280
 
         s = self.cfg.sensor
-        try:
-            self.sensor = BME280(self.hal.i2c(), s["address"], osrs_t=s["osrs_t"], osrs_h=s["osrs_h"],
-                                 osrs_p=s["osrs_p"], iir=s["iir"])
-            self.sensor_status = 0
-            log("sensor ready at", hex(s["address"]))
-        except OSError as exc:
-            self.sensor = None
-            self.sensor_status = WRONG_CHIP if isinstance(exc, WrongChipError) else READ_ERROR
-            log("sensor error:", exc)
+        return BME280(bus, s["address"], osrs_t=s["osrs_t"], osrs_h=s["osrs_h"], osrs_p=s["osrs_p"],
+                      iir=s["iir"])
 
-    def read(self):
-        """(t, h, p) with calibration offsets applied, or None when the sensor gave no valid sample."""
-        if self.sensor is None:
-            self._open_sensor()
-            if self.sensor is None:
-                return None
-        try:
-            t, h, p = self.sensor.read()
-        except OSError as exc:
-            log("sensor read error:", exc)
-            self.sensor = None
-            self.sensor_status = READ_ERROR
-            return None
-        o = self._offsets
-        return (t + o[0], h + o[1], p + o[2])
+    def _open_sensor(self):
+        """(Re)open the sensor: chip id check and soft reset. False (fault set) if that failed."""
+        from node.sensors.bme280 import WrongChipError
 
-    def _ensure_link(self):
-        if self.link.up:
-            return True
-        now = time.ticks_ms()
-        if time.ticks_diff(now, self._next_connect) < 0:
-            return False
+        self.sensor = None
         try:
-            self.link.connect()
-        except Exception as exc:  # TLS, DNS, refused, MQTT error: all mean "not now, try later"
-            self._next_connect = time.ticks_add(now, self._backoff_ms)
-            self._backoff_ms = min(self._backoff_ms * 2, 60000)
-            log("broker unreachable:", exc)
+            if self._bus is None:
+                self._bus = self.hal.i2c()
+            self.sensor = self._make_sensor(self._bus)
+        except OSError as exc:
+            self._set_fault(WRONG_CHIP if isinstance(exc, WrongChipError) else READ_ERROR, exc)
+            if not isinstance(exc, WrongChipError):
+                self._drop_bus()  # a fresh bus next time (re-initialises it after an error)
             return False
-        self._backoff_ms = 1000
-        b = self.cfg.broker
-        log("connected to", b["host"], b["port"])
+        self.health.reset()
         return True
 
-    def _send(self, topic, msg):
-        if not self._ensure_link():
+    def _convert(self):
+        try:
+            return self.sensor.read()
+        except OSError as exc:
+            self.sensor = None
+            self._drop_bus()
+            self._set_fault(READ_ERROR, exc)
+            return None
+
+    def _set_fault(self, fault, why=None):
+        if fault and fault != self.fault:
+            log("sensor fault: %s (%s)" % (describe(fault), why))
+        self.fault = fault
+
+    def _drop_bus(self):
+        bus, self._bus = self._bus, None
+        close = getattr(bus, "close", None)  # the bench's socket bus; machine.I2C has nothing to close
+        if close is not None:
+            try:
+                close()
+            except OSError:
+                pass
+
+    def read(self):
+        """(t, h, p) as the sensor measured them, or None with `fault` saying why."""
+        fresh = self.sensor is None
+        if fresh and not self._open_sensor():
+            return None
+        values = self._convert()
+        if values is None:
+            return None
+        if not fresh and self.health.repeats(values) >= STUCK_SAMPLES:
+            # The very same raw sample again and again: a working part always shows some noise. Reset it
+            # and convert once more; the check below tells a stuck ADC from a steady room.
+            if not self._open_sensor():
+                return None
+            values = self._convert()
+            if values is None:
+                return None
+            fresh = True
+        if fresh:
+            try:
+                stuck = conversion_stuck(self._bus, self.sensor.address, self._adc)
+            except OSError as exc:
+                self.sensor = None
+                self._drop_bus()
+                self._set_fault(READ_ERROR, exc)
+                return None
+            if stuck:
+                self.sensor = None  # reset and probe again next cycle
+                self._set_fault(STUCK, "a conversion after a reset left the data registers unchanged")
+                return None
+            self.health.repeats(values)
+        self._set_fault(0)
+        return values
+
+    def sample(self):
+        """One reading: (three values with None where not valid, calibrated; sensor_status bits)."""
+        out = self._values
+        raw = self.read()
+        if raw is None:
+            out[0] = out[1] = out[2] = None
+            status = self.fault
+        else:
+            status = self.health.judge(raw, ticks_ms(), out)
+            o = self._offsets
+            for c in range(3):
+                if o[c] and out[c] is not None:
+                    out[c] += o[c]
+        if status != self.sensor_status:
+            log("sensor status %d: %s" % (status, describe(status)))
+            self.sensor_status = status
+        return out, status
+
+    # -- the link ---------------------------------------------------------------------------------------
+
+    def status_text(self):
+        q = self.queue
+        if not (self.sensor_status or q.dropped or q.lost):
+            return "online"
+        text = "online"
+        if self.sensor_status:
+            text += " sensor=%d" % self.sensor_status
+        if q.dropped:
+            text += " dropped=%d" % q.dropped
+        if q.lost:
+            text += " lost=%d" % q.lost
+        return text
+
+    def _network_ready(self, now):
+        if self.hal.network_up():
+            if not self._net_up:
+                self._net_up = True
+                self._wifi_retry.reset()
+                log("network up")
+                if not self.time_quality:
+                    self.time_quality = self.hal.sync_time()
+            return True
+        if self._net_up:
+            self._net_up = False
+            self.link.close()
+            log("network down: messages wait on flash")
+        if self._wifi_retry.due(now):
+            self._wifi_retry.failed(now)  # schedules the next attempt; network_up() tells when one worked
+            self.hal.connect_network(0)  # start an attempt; the driver carries on in the background
+        return False
+
+    def _link_ready(self):
+        now = ticks_ms()
+        if not self._network_ready(now):
             return False
+        if self.link.up:
+            return True
+        if self._attempted or not self._broker_retry.due(now):
+            return False
+        self._attempted = True  # one attempt per cycle: a blackholed broker costs one timeout, not several
+        status = self.status_text()
+        try:
+            self.link.connect(status.encode())
+        except Exception as exc:  # DNS, refused, TLS, timeout, MQTT refusal: all mean "not now"
+            self._broker_retry.failed(now)
+            log("broker unreachable (%s): %d queued, next try in %d ms"
+                % (exc, self.queue.waiting(), self._broker_retry.wait_ms))
+            return False
+        self._broker_retry.reset()  # a link that breaks after this is retried quickly again
+        self._status_sent = status
+        b = self.cfg.broker
+        log("connected to %s:%d, %d queued" % (b["host"], b["port"], self.queue.waiting()))
+        return True
+
+    def _publish(self, topic, msg, seq):
         try:
             self.link.publish(topic, msg)
-            return True
         except Exception as exc:
-            log("publish failed:", exc)
+            self._broker_retry.failed(ticks_ms())
+            log("publish of seq %d failed (%s): it stays queued" % (seq, exc))
             return False
+        self.queue.ack(seq)
+        self._broker_retry.reset()
+        return True
+
+    def _keep(self, msg, topic):
+        """Store a sealed message on flash, then send it if the link is up (it stays queued until the broker
+        acknowledged it)."""
+        try:
+            seq = self.queue.append(msg)
+        except Exception as exc:  # QueueError (flash full or failing), OSError
+            self._healthy = False
+            log("queue write failed:", exc)
+            return
+        if self._link_ready():
+            self._publish(topic, msg, seq)
+
+    def _replay_backlog(self):
+        link, queue = self.link, self.queue
+        for _ in range(self._replay):
+            if not self._link_ready():
+                return
+            msg = queue.peek()
+            if msg is None:
+                return
+            topic = link.alarm_topic if msg[1] == _TYPE_ALARM else link.reading_topic
+            if not self._publish(topic, msg, queue.peek_seq):
+                return
+
+    def _report_status(self):
+        text = self.status_text()
+        if text == self._status_sent or not self.link.up:
+            return
+        try:
+            self.link.publish(self.link.status_topic, text.encode(), True)
+        except Exception as exc:
+            log("status publish failed (%s)" % exc)
+            self._broker_retry.failed(ticks_ms())
+            return
+        self._status_sent = text
+
+    # -- the loop ---------------------------------------------------------------------------------------
 
     def cycle(self):
-        values = self.read()
-        events = self.alarms.update(values if values else (None, None, None))
+        """One cycle. Returns True, and feeds the watchdog, when it completed with every message it made on
+        flash (a broker or network that is down does not make a cycle unhealthy; a queue that cannot
+        write does)."""
+        self._healthy = True
+        self._attempted = False
+        values, status = self.sample()
+        events = self.alarms.update(values)
         ts = self.hal.now()
         tq = self.time_quality
         boot = self.counters.boot
+        seal = self.sealer
         for channel, transition, value, limit in events:
-            msg = self.sealer.seal_alarm(boot, self.counters.next_seq(), ts, tq, channel, transition, value, limit)
-            self._send(self.link.alarm_topic, msg)
-        if values:
-            t, h, p = values
-        else:
-            t = h = p = None
-        msg = self.sealer.seal_reading(boot, self.counters.next_seq(), ts, tq, t, h, p,
-                                       self.alarms.bits, self.sensor_status)
-        self._send(self.link.reading_topic, msg)
-        self.hal.feed_watchdog()
+            try:
+                msg = seal.seal_alarm(boot, self.queue.next_seq, ts, tq, channel, transition, value, limit)
+            except ValueError as exc:
+                log("alarm not sealed:", exc)
+                continue
+            self._keep(msg, self.link.alarm_topic)
+        t, h, p = values
+        try:
+            msg = seal.seal_reading(boot, self.queue.next_seq, ts, tq, t, h, p, self.alarms.bits, status)
+        except ValueError as exc:  # a calibrated value that does not fit its field: no number, flagged
+            log("reading value refused:", exc)
+            msg = seal.seal_reading(boot, self.queue.next_seq, ts, tq, None, None, None, self.alarms.bits,
+                                    status | IMPLAUSIBLE)
+        self._keep(msg, self.link.reading_topic)
+        try:
+            self._replay_backlog()
+            self.queue.commit()
+        except OSError as exc:
+            self._healthy = False
+            log("queue error:", exc)
+        self._report_status()
+        if self._healthy:
+            self.hal.feed_watchdog()
+        return self._healthy
+
+    def _idle(self, deadline):
+        """Wait until `deadline` (ticks), keeping the link alive."""
+        while True:
+            left = ticks_diff(deadline, ticks_ms())
+            if left <= 0:
+                return
+            if self.link.up:
+                due = self.link.ping_due_ms()
+                if due <= 0:
+                    try:
+                        self.link.ping()
+                    except Exception as exc:
+                        self._broker_retry.failed(ticks_ms())
+                        log("keepalive failed (%s): link down" % exc)
+                    continue
+                if due < left:
+                    left = due
+            sleep_ms(left)
 
     def run(self, cycles=None):
         period = int(self.cfg.interval_s * 1000)
-        deadline = time.ticks_ms()
+        deadline = ticks_ms()
         n = 0
         while cycles is None or n < cycles:
-            self.cycle()
+            try:
+                self.cycle()
+            except Exception as exc:  # a bug or a failing part: report it, do not feed the watchdog, go on
+                log("cycle failed: %r" % (exc,))
             n += 1
-            deadline = time.ticks_add(deadline, period)
-            wait = time.ticks_diff(deadline, time.ticks_ms())
-            if wait > 0:
-                time.sleep_ms(wait)
-            else:
-                deadline = time.ticks_ms()  # overran: do not try to catch up in a burst
+            deadline = ticks_add(deadline, period)
+            self._idle(deadline)
+            if ticks_diff(deadline, ticks_ms()) < 0:
+                deadline = ticks_ms()  # overran: do not try to catch up in a burst
 
 
 def run(path="config.json", cycles=None):
@@ -147,7 +359,7 @@ def run(path="config.json", cycles=None):
     node = Node(cfg, hal.load(cfg.board)(cfg.board, cfg))
     try:
         node.start()
-    except Exception as exc:  # a missing key file etc.: report and stay reachable
+    except Exception as exc:  # a missing key file, a corrupt counters.dat: report and stay reachable
         log("start failed:", exc)
         return None
     node.run(cycles)

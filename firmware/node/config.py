@@ -12,6 +12,10 @@ a limit must not silently disable an alarm). `Config.as_dict()` gives the data b
 | broker.port             | int 1-65535                                              | 8883           |
 | broker.keepalive_s      | int 0-65535 (0 = no keepalive)                           | 60             |
 | broker.server_name      | name the broker's certificate carries, if not host       | absent (host)  |
+| broker.timeout_s        | number 0.1-60: bound on every network wait (connect, TLS | 5              |
+|                         | handshake, CONNACK, PUBACK, PINGRESP)                    |                |
+| broker.retry_min_s,     | numbers 0.1-3600, min <= max: reconnect backoff, doubled | 1, 60          |
+|   .retry_max_s          | after each failure up to max, with jitter                |                |
 | interval_s              | number > 0, seconds between readings                     | 10             |
 | thresholds.<channel>    | {low, high, hysteresis, debounce}, channel one of        | {} (no alarms) |
 |                         | temperature_c, humidity_rh, pressure_pa                  |                |
@@ -32,9 +36,15 @@ a limit must not silently disable an alarm). `Config.as_dict()` gives the data b
 |                         |                                                          | esp32 boards   |
 | bench.i2c, bench.bus    | "HOST:PORT" and a bus name of the emulated sensor bus;   | absent         |
 |                         | only with a unix board                                   |                |
+| queue.records           | int 16-1000000: messages kept on flash until the broker  | 4096           |
+|                         | acknowledged them (~64 bytes each); when full the oldest |                |
+|                         | is dropped, counted and reported                         |                |
+| queue.replay            | int 1-1000: stored messages re-sent per cycle after the  | 10             |
+|                         | live ones                                                |                |
 
 `Config` has one attribute per top-level field. Sections are plain dicts with every default filled in:
-broker, sensor, files, calibration (all three channels), board (as given), wifi and bench (None if absent).
+broker, sensor, files, calibration (all three channels), queue, board (as given), wifi and bench (None if
+absent).
 thresholds holds only the configured channels, each {"low"?, "high"?, "hysteresis", "debounce"} without the
 limits that are not set: what `node.alarms.AlarmSet` takes.
 """
@@ -50,8 +60,9 @@ PLATFORMS = ("esp32", "unix")
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 _HEX = "0123456789abcdefABCDEF"
 _NODE_ID = "1-32 characters of A-Z a-z 0-9 _ -"
-_TOP = ("node_id", "key_id", "broker", "interval_s", "thresholds", "calibration", "sensor", "files", "board",
-        "wifi", "bench")
+_MAX_SIZE = 16384  # characters; a provisioned config is about 1 KB
+_TOP = ("node_id", "key_id", "broker", "interval_s", "thresholds", "calibration", "sensor", "files", "queue",
+        "board", "wifi", "bench")
 
 
 class ConfigError(Exception):
@@ -78,9 +89,15 @@ def load(path="config.json"):
         raise ConfigError("%s: cannot be read (%s)" % (path, exc))
     try:
         with f:
-            data = json.load(f)
+            text = f.read(_MAX_SIZE + 1)  # a bounded read: a huge file must not exhaust a board's heap
+        if len(text) > _MAX_SIZE:
+            raise ConfigError("%s: larger than %d characters, not a config file: provision the node again"
+                              % (path, _MAX_SIZE))
+        data = json.loads(text)
     except ValueError as exc:  # CPython's JSONDecodeError and UnicodeDecodeError are ValueErrors too
-        raise ConfigError("%s: not valid JSON (%s)" % (path, exc))
+        raise ConfigError("%s: not valid JSON (%s)" % (path, str(exc) or type(exc).__name__))
+    except (RuntimeError, MemoryError):  # nested too deeply (RecursionError is a RuntimeError), too big
+        raise ConfigError("%s: not valid JSON (nested too deeply or too large)" % path)
     return parse(data, path)
 
 
@@ -96,12 +113,19 @@ def parse(data, source="config.json"):
     c.node_id = node_id
     c.key_id = v.integer(data, "key_id", 0, 65535, None)
 
-    broker = v.section(data, "broker", ("host", "port", "keepalive_s", "server_name"), required=True)
+    broker = v.section(data, "broker", ("host", "port", "keepalive_s", "server_name", "timeout_s", "retry_min_s",
+                                        "retry_max_s"), required=True)
     c.broker = {
         "host": v.text(broker, "broker.host", "a host name or IP address"),
         "port": v.integer(broker, "broker.port", 1, 65535, 8883),
         "keepalive_s": v.integer(broker, "broker.keepalive_s", 0, 65535, 60),
+        "timeout_s": v.bounded(broker, "broker.timeout_s", 0.1, 60, 5),
+        "retry_min_s": v.bounded(broker, "broker.retry_min_s", 0.1, 3600, 1),
+        "retry_max_s": v.bounded(broker, "broker.retry_max_s", 0.1, 3600, 60),
     }
+    if c.broker["retry_min_s"] > c.broker["retry_max_s"]:
+        v.fail("broker.retry_max_s", "at least broker.retry_min_s (%r)" % c.broker["retry_min_s"],
+               c.broker["retry_max_s"])
     if "server_name" in broker:
         c.broker["server_name"] = v.text(broker, "broker.server_name", "the name on the broker's certificate")
 
@@ -136,6 +160,12 @@ def parse(data, source="config.json"):
                for k, default in (("ca", "ca.der"), ("cert", "node.der"), ("key", "node.key.der"),
                                   ("payload_key", "payload.key"))}
 
+    queue = v.section(data, "queue", ("records", "replay"))
+    c.queue = {
+        "records": v.integer(queue, "queue.records", 16, 1000000, 4096),
+        "replay": v.integer(queue, "queue.replay", 1, 1000, 10),
+    }
+
     c.wifi = None
     if "wifi" in data:
         c.wifi = v.wifi(v.section(data, "wifi", ("ssid", "psk")))
@@ -158,7 +188,10 @@ class _Validator:
         if missing:
             raise ConfigError("%s: %s is missing (expected %s)" % (self.source, field, what))
         # Show the value as it is spelled in the JSON file.
-        shown = "null" if got is None else ("true" if got else "false") if isinstance(got, bool) else repr(got)
+        if isinstance(got, (list, dict)):  # never repr a container: it may be huge or nested very deeply
+            shown = "a JSON array" if isinstance(got, list) else "a JSON object"
+        else:
+            shown = "null" if got is None else ("true" if got else "false") if isinstance(got, bool) else repr(got)
         if len(shown) > 40:
             shown = shown[:37] + "..."
         raise ConfigError("%s: %s must be %s (got %s)" % (self.source, field, what, shown))
@@ -214,6 +247,12 @@ class _Validator:
             self.fail(field, "a number", value)
         return value
 
+    def bounded(self, d, field, lo, hi, default):
+        value = self.number(d, field, default)
+        if not lo <= value <= hi:
+            self.fail(field, "a number %r-%r" % (lo, hi), value)
+        return value
+
     def choice(self, d, field, allowed, default):
         key = field.split(".")[-1]
         value = d.get(key, default)
@@ -263,7 +302,7 @@ class _Validator:
         i2c = self.required(d, "bench.i2c", "\"HOST:PORT\" of the emulated sensor bus")
         colon = i2c.rfind(":") if isinstance(i2c, str) else -1
         port = i2c[colon + 1:] if colon > 0 else ""
-        if not (port.isdigit() and 1 <= int(port) <= 65535):
+        if not (0 < len(port) <= 5 and all(c in "0123456789" for c in port) and 1 <= int(port) <= 65535):
             self.fail("bench.i2c", "\"HOST:PORT\" with a port 1-65535", i2c)
         bus = self.text(d, "bench.bus", "the name of the node's bus on the bench")
         return {"i2c": i2c, "bus": bus}

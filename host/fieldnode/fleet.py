@@ -1,7 +1,28 @@
-"""The fleet directory: all host state in one place (CA, host certificate, payload keys, broker address).
+"""The fleet directory: all host state in one place. Resolved from --fleet DIR, else $FIELDNODE_FLEET, else
+a per-user default. Secret files are 0600, written atomically.
 
-Resolved from --fleet DIR, else $FIELDNODE_FLEET, else a per-user default. Secret files are 0600.
+```
+<fleet>/
+  ca/ca.pem ca/ca.key          the fleet CA (the key optionally passphrase-protected)
+  ca/crl.pem                   the current CRL (fieldnode revoke / rotate / broker-config rewrite it)
+  ca/issued/<serial>.pem       every certificate the CA ever signed (one file each, never removed)
+  host/host.pem host/host.key  the host tools' client certificate (CN fieldnode-host)
+  broker/server.pem .key       the broker's server certificate
+  keys/<node>.json             the node's payload master keys by key id (0600), with their state
+  pending/<node>/              key material issued but not yet committed (a provisioning in progress)
+  locks/<node>.lock            one fieldnode process at a time per node (flock)
+  inventory.sqlite             the inventory (fieldnode.inventory)
+  audit.log audit.head         the audit trail (fieldnode.audit)
+  broker.json                  where nodes reach the broker {"host", "port", "server_name"?}
+```
+
+Payload keys file (`keys/<node>.json`): `{"<key_id>": {"key": hex, "created": iso, "not_after": iso|null,
+"revoked": iso|null}}`. A key is *accepted* (KeyRing, payload_keys()) while it is not revoked and
+`not_after` is unset or in the future; revoked and expired keys stay in the file so historical messages
+can still be opened deliberately (`payload_keys(include_inactive=True)`). The older form
+`{"<key_id>": hex}` reads as an accepted key without expiry.
 """
+import datetime
 import json
 import os
 from pathlib import Path
@@ -22,8 +43,27 @@ def resolve(path=None):
 def write_secret(path, data):
     """Write bytes to a 0600 file atomically (never half-written, never briefly world-readable)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     return pki.atomic_write(path, data, mode=0o600)
+
+
+def utcnow():
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+def iso(when):
+    return None if when is None else when.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_iso(text):
+    return None if text is None else datetime.datetime.fromisoformat(text)
+
+
+def _accepted(record, now):
+    if record.get("revoked"):
+        return False
+    not_after = record.get("not_after")
+    return not_after is None or now < parse_iso(not_after)
 
 
 class Fleet:
@@ -32,9 +72,16 @@ class Fleet:
 
     ca_cert = property(lambda self: self.root / "ca" / "ca.pem")
     ca_key = property(lambda self: self.root / "ca" / "ca.key")
+    crl = property(lambda self: self.root / "ca" / "crl.pem")
+    issued_dir = property(lambda self: self.root / "ca" / "issued")
     host_cert = property(lambda self: self.root / "host" / "host.pem")
     host_key = property(lambda self: self.root / "host" / "host.key")
+    server_cert = property(lambda self: self.root / "broker" / "server.pem")
+    server_key = property(lambda self: self.root / "broker" / "server.key")
     keys_dir = property(lambda self: self.root / "keys")
+    pending_dir = property(lambda self: self.root / "pending")
+    locks_dir = property(lambda self: self.root / "locks")
+    inventory_db = property(lambda self: self.root / "inventory.sqlite")
     broker_file = property(lambda self: self.root / "broker.json")
 
     def require(self, *paths):
@@ -43,46 +90,153 @@ class Fleet:
                 raise FieldnodeError(f"{p} not found: is {self.root} a fleet directory? "
                                      "(create one with `fieldnode ca init` or pass --fleet DIR)")
 
-    def save_payload_key(self, node_id, key_id, key):
-        path = self.keys_dir / f"{node_id}.json"
-        keys = self._read_keys(path) if path.exists() else {}
-        keys[str(key_id)] = key.hex()
-        write_secret(path, json.dumps(keys, sort_keys=True).encode())
+    def require_ca(self):
+        """Raise the technician's one-liner when this fleet has no CA yet."""
+        if not (self.ca_cert.exists() and self.ca_key.exists()):
+            raise FieldnodeError(f"no fleet CA in {self.root}: run `fieldnode ca init` first "
+                                 "(or point --fleet / $FIELDNODE_FLEET at the fleet directory)")
+
+    # -- payload keys ---------------------------------------------------------------------------------
+
+    def key_file(self, node_id):
+        return self.keys_dir / f"{pki.check_node_id(node_id)}.json"
 
     def _read_keys(self, path):
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+            raw = json.loads(path.read_text())
+            out = {}
+            for key_id, rec in raw.items():
+                if isinstance(rec, str):
+                    rec = {"key": rec, "created": None, "not_after": None, "revoked": None}
+                out[int(key_id)] = dict(rec)
+            return out
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise FieldnodeError(f"{path}: unreadable payload keys ({exc}): restore it from backup") from None
 
-    def payload_keys(self):
-        """{node_id: {key_id: master_key}} for every node in the fleet."""
+    def key_records(self, node_id):
+        """{key_id: {"key": hex, "created", "not_after", "revoked"}} for one node ({} if none)."""
+        path = self.key_file(node_id)
+        return self._read_keys(path) if path.exists() else {}
+
+    def _write_keys(self, node_id, records):
+        data = {str(k): records[k] for k in sorted(records)}
+        write_secret(self.key_file(node_id), json.dumps(data, sort_keys=True, indent=1).encode())
+
+    def save_payload_key(self, node_id, key_id, key):
+        """Add an accepted key. Saving the same key again changes nothing (resumable provisioning); a
+        different key under a key id already used is refused (a key id names one key forever)."""
+        records = self.key_records(node_id)
+        old = records.get(int(key_id))
+        if old is not None:
+            if old["key"] != key.hex():
+                raise FieldnodeError(f"{node_id}: key id {key_id} is already used by another payload key: "
+                                     "a key id is never reused")
+            return
+        records[int(key_id)] = {"key": key.hex(), "created": iso(utcnow()), "not_after": None, "revoked": None}
+        self._write_keys(node_id, records)
+
+    def retire_payload_key(self, node_id, key_id, not_after):
+        """Accept `key_id` only until `not_after` (a rotation's overlap). Never extends an earlier limit."""
+        records = self.key_records(node_id)
+        rec = records.get(int(key_id))
+        if rec is None:
+            return
+        if rec["not_after"] is None or parse_iso(rec["not_after"]) > not_after:
+            rec["not_after"] = iso(not_after)
+            self._write_keys(node_id, records)
+
+    def revoke_payload_keys(self, node_id, when=None):
+        """Stop accepting every key of the node (kept in the file, marked revoked, for historical reads)."""
+        records = self.key_records(node_id)
+        changed = False
+        for rec in records.values():
+            if not rec.get("revoked"):
+                rec["revoked"] = iso(when or utcnow())
+                changed = True
+        if changed:
+            self._write_keys(node_id, records)
+
+    def next_key_id(self, node_id):
+        """The next key id for the node: one above the highest ever used (1 for a new node), wrapping
+        past 65535 to the lowest id never used."""
+        used = set(self.key_records(node_id))
+        if not used:
+            return 1
+        candidate = max(used) + 1
+        if candidate <= 0xFFFF:
+            return candidate
+        for candidate in range(1, 0x10000):
+            if candidate not in used:
+                return candidate
+        raise FieldnodeError(f"{node_id}: all 65535 key ids are used: provision the board under a new node id")
+
+    def payload_keys(self, at=None, include_inactive=False):
+        """{node_id: {key_id: master_key}}: the keys accepted at `at` (default now), or every key kept."""
+        now = at or utcnow()
         out = {}
         if self.keys_dir.is_dir():
             for path in sorted(self.keys_dir.glob("*.json")):
-                out[path.stem] = {int(k): bytes.fromhex(v) for k, v in self._read_keys(path).items()}
+                recs = self._read_keys(path)
+                out[path.stem] = {k: bytes.fromhex(r["key"]) for k, r in recs.items()
+                                  if include_inactive or _accepted(r, now)}
         return out
+
+    # -- broker address -------------------------------------------------------------------------------
+
+    def broker_info(self):
+        """What broker.json records ({} if nothing yet)."""
+        if not self.broker_file.exists():
+            return {}
+        try:
+            return json.loads(self.broker_file.read_text())
+        except ValueError as exc:
+            raise FieldnodeError(f"{self.broker_file}: not valid JSON ({exc}): fix or delete it") from None
 
     def broker(self):
         """(host, port) of the fleet's broker as last recorded."""
-        self.require(self.broker_file)
-        data = json.loads(self.broker_file.read_text())
+        data = self.broker_info()
+        if "host" not in data or "port" not in data:
+            raise FieldnodeError(f"no broker address recorded in {self.root}: pass --broker HOST:PORT "
+                                 "(or record one with `fieldnode ca init --broker HOST:PORT`)")
         return data["host"], int(data["port"])
 
-    def save_broker(self, host, port):
+    def save_broker(self, host=None, port=None, **extra):
+        """Record the broker address (and extras such as server_name); keys not given are kept."""
+        data = self.broker_info()
+        if host is not None:
+            data["host"] = host
+        if port is not None:
+            data["port"] = port
+        data.update({k: v for k, v in extra.items() if v is not None})
         self.broker_file.parent.mkdir(parents=True, exist_ok=True)
-        self.broker_file.write_text(json.dumps({"host": host, "port": port}))
+        pki.atomic_write(self.broker_file, json.dumps(data, sort_keys=True).encode())
 
 
 class KeyRing:
-    """Payload keys by node id, read from the fleet directory and re-read when a node is not known yet
-    (a node provisioned while a monitor runs). A mapping-like `get(node_id, default)`."""
+    """Payload keys by node id for a monitor: a mapping-like `get(node_id, default)` returning
+    {key_id: master_key} of the keys accepted *now*. A node's key file is re-read whenever it changes on
+    disk (a node provisioned, rotated or revoked while a monitor runs), and the overlap limit of a
+    rotated-out key is checked at every lookup."""
 
     def __init__(self, fleet):
         self._fleet = fleet
-        self._keys = fleet.payload_keys()
+        self._cache = {}  # node_id -> ((mtime_ns, size), records)
 
     def get(self, node_id, default=None):
-        if node_id not in self._keys:
-            self._keys = self._fleet.payload_keys()
-        return self._keys.get(node_id, default)
+        try:
+            path = self._fleet.key_file(node_id)
+        except FieldnodeError:
+            return default
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            self._cache.pop(node_id, None)
+            return default
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._cache.get(node_id)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, self._fleet._read_keys(path))
+            self._cache[node_id] = cached
+        now = utcnow()
+        keys = {k: bytes.fromhex(r["key"]) for k, r in cached[1].items() if _accepted(r, now)}
+        return keys if keys else default

@@ -1,4 +1,16 @@
-"""Subscribe to the fleet's topics with the host certificate, verify and open every sealed message."""
+"""Subscribe to the fleet's topics with the host certificate, verify and open every sealed message.
+
+Everything under `fieldnode/` is looked at (`classify`): readings and alarms are opened and verified,
+statuses checked, and anything else on a node's topics is rejected with a reason, never dropped silently.
+`fieldnode/<node>/cmd/...` is the host-to-node channel and is not ours to judge: it is ignored.
+
+Reasons, beyond protocol.REASONS (which come from `open_message`):
+
+    unknown-node      the fleet holds no accepted payload key for the node in the topic
+    wrong-topic       a message that verifies, on the other kind's topic (a reading on .../alarm)
+    unexpected-topic  a topic under fieldnode/ that is none of reading, alarm, status, cmd/...
+    bad-status        a status that is not short printable ASCII (binary junk, a sealed message, ...)
+"""
 import secrets
 import ssl
 import threading
@@ -9,6 +21,51 @@ from . import protocol
 from .errors import FieldnodeError
 
 TOPICS = ("fieldnode/+/reading", "fieldnode/+/alarm", "fieldnode/+/status")
+SUBSCRIPTION = "fieldnode/#"  # TOPICS and everything else a node could put under its namespace
+REASONS = protocol.REASONS + ("wrong-topic", "unknown-node", "unexpected-topic", "bad-status")
+STATUS_MAX = 64
+_KIND_TYPE = {"reading": protocol.TYPE_READING, "alarm": protocol.TYPE_ALARM}
+
+# classify() results: (MESSAGE, node, Opened) | (REJECT, node, reason) | (STATUS, node, text) | (IGNORE, node, None)
+MESSAGE, REJECT, STATUS, IGNORE = "message", "reject", "status", "ignore"
+
+
+def _valid_node_id(node):
+    try:
+        protocol.check_node_id(node)
+    except ValueError:
+        return False
+    return True
+
+
+def classify(topic, payload, keys):
+    """Judge one received MQTT message; never raises for anything a client can send.
+
+    `keys` maps node id -> {key_id: master key} (a dict or fleet.KeyRing). The node id is the topic's
+    second level, which the broker's ACL ties to the publishing certificate."""
+    parts = topic.split("/")
+    node = parts[1] if len(parts) > 1 else None
+    if len(parts) < 3 or parts[0] != "fieldnode" or not node:
+        return REJECT, node, "unexpected-topic"
+    kind = parts[2]
+    if kind == "cmd":
+        return IGNORE, node, None
+    if len(parts) != 3 or kind not in ("reading", "alarm", "status"):
+        return REJECT, node, "unexpected-topic"
+    if kind == "status":
+        if len(payload) > STATUS_MAX or any(b < 0x20 or b > 0x7E for b in payload):
+            return REJECT, node, "bad-status"
+        return STATUS, node, bytes(payload).decode("ascii")
+    node_keys = keys.get(node) if _valid_node_id(node) else None
+    if not node_keys:
+        return REJECT, node, "unknown-node"
+    try:
+        opened = protocol.open_message(payload, node, node_keys)
+    except protocol.ProtocolError as exc:
+        return REJECT, node, exc.reason
+    if opened.type != _KIND_TYPE[kind]:
+        return REJECT, node, "wrong-topic"
+    return MESSAGE, node, opened
 
 
 class Monitor:
@@ -16,9 +73,14 @@ class Monitor:
 
     on_message(opened: protocol.Opened, payload: bytes) — the sealed bytes as received —, on_status(node_id, text), on_reject(node_id, topic, reason, payload).
     `keys` maps node id -> {key_id: master key}; a node without keys has its messages rejected.
+
+    By default a throwaway session (a random client id, clean session). `client_id` with
+    `clean_session=False` makes a persistent session: the broker keeps the subscription and queues QoS 1
+    messages while this client is away (fieldnode.ingest uses that, with `manual_ack`).
     """
 
-    def __init__(self, host, port, ca, cert, key, keys, on_message=None, on_status=None, on_reject=None):
+    def __init__(self, host, port, ca, cert, key, keys, on_message=None, on_status=None, on_reject=None,
+                 client_id=None, clean_session=True, manual_ack=False):
         self.keys = keys
         self.on_message = on_message or (lambda opened, payload: None)
         self.on_status = on_status or (lambda node, text: None)
@@ -27,7 +89,8 @@ class Monitor:
         self._subscribed = threading.Event()
         self._connect_error = None
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id="fieldnode-monitor-" + secrets.token_hex(4))
+                                  client_id=client_id or "fieldnode-monitor-" + secrets.token_hex(4),
+                                  clean_session=clean_session, protocol=mqtt.MQTTv311, manual_ack=manual_ack)
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
         ctx.load_cert_chain(str(cert), str(key))
         self.client.tls_set_context(ctx)
@@ -40,29 +103,23 @@ class Monitor:
             self._connect_error = str(reason_code)
             self._subscribed.set()
             return
-        client.subscribe([(t, 1) for t in TOPICS])
+        client.subscribe(SUBSCRIPTION, 1)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         self._subscribed.set()
 
     def _on_message(self, client, userdata, msg):
-        parts = msg.topic.split("/")
-        if len(parts) != 3:
-            return
-        node, kind = parts[1], parts[2]
-        if kind == "status":
-            self.on_status(node, msg.payload.decode("ascii", "replace"))
-            return
-        try:
-            opened = protocol.open_message(msg.payload, node, self.keys.get(node, {}))
-        except protocol.ProtocolError as exc:
-            self.on_reject(node, msg.topic, exc.reason, msg.payload)
-            return
-        expected = "reading" if opened.type == protocol.TYPE_READING else "alarm"
-        if kind != expected:
-            self.on_reject(node, msg.topic, "wrong-topic", msg.payload)
-            return
-        self.on_message(opened, msg.payload)
+        self.dispatch(msg.topic, msg.payload)
+
+    def dispatch(self, topic, payload):
+        """Classify one message and call the matching callback."""
+        what, node, value = classify(topic, payload, self.keys)
+        if what == MESSAGE:
+            self.on_message(value, payload)
+        elif what == STATUS:
+            self.on_status(node, value)
+        elif what == REJECT:
+            self.on_reject(node, topic, value, payload)
 
     def start(self, timeout=15):
         try:

@@ -83,8 +83,9 @@ def _ski(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
 
 
 def _leaf_builder(ca_key: PrivateKey, ca_cert: x509.Certificate, common_name: str, key: PrivateKey,
-                  days: int, eku: x509.ObjectIdentifier) -> x509.CertificateBuilder:
-    not_before, not_after = _validity(days)
+                  days: int, eku: x509.ObjectIdentifier,
+                  validity: tuple[datetime.datetime, datetime.datetime] | None = None) -> x509.CertificateBuilder:
+    not_before, not_after = validity or _validity(days)
     return (x509.CertificateBuilder()
             .subject_name(_name(common_name))
             .issuer_name(ca_cert.subject)
@@ -139,12 +140,22 @@ def issue_server_cert(ca_key: PrivateKey, ca_cert: x509.Certificate, hostnames: 
 
 
 def issue_client_cert(ca_key: PrivateKey, ca_cert: x509.Certificate, common_name: str,
-                      days: int = CLIENT_DAYS) -> tuple[PrivateKey, x509.Certificate]:
-    """A client certificate (clientAuth) whose CN is a node id, or HOST_CN for the host tools."""
+                      days: int = CLIENT_DAYS, not_before: datetime.datetime | None = None,
+                      not_after: datetime.datetime | None = None) -> tuple[PrivateKey, x509.Certificate]:
+    """A client certificate (clientAuth) whose CN is a node id, or HOST_CN for the host tools.
+
+    `not_before`/`not_after` (timezone-aware) replace the validity `days` gives, e.g. for a certificate
+    that expired yesterday or is not valid yet (tests of what the broker refuses)."""
     check_node_id(common_name)
+    validity = None
+    if not_before is not None or not_after is not None:
+        default_before, default_after = _validity(days)
+        validity = (not_before or default_before, not_after or default_after)
+        if not validity[0] < validity[1]:
+            raise UsageError("not_before must be earlier than not_after")
     key = new_key()
-    cert = _leaf_builder(ca_key, ca_cert, common_name, key, days, ExtendedKeyUsageOID.CLIENT_AUTH).sign(
-        ca_key, hashes.SHA256())
+    cert = _leaf_builder(ca_key, ca_cert, common_name, key, days, ExtendedKeyUsageOID.CLIENT_AUTH,
+                         validity).sign(ca_key, hashes.SHA256())
     return key, cert
 
 

@@ -286,3 +286,24 @@ def open_message(message: bytes, node_id: str, keys: Mapping[int, bytes]) -> Ope
     if body_type is None:
         raise _bad_body(f"unknown message type {type_}")
     return Opened(node_id, key_id, boot, seq, type_, body_type.decode(plain[:-n]))
+
+
+# -- status topic (docs/protocol.md, "Status") -------------------------------------------------------------
+
+STATUS_FIELDS = ("sensor", "dropped", "lost")
+
+
+def parse_status(text: str) -> dict | None:
+    """The status topic's text as {"online": bool, "sensor": int, "dropped": int, "lost": int} (absent
+    fields are 0; fields this version does not know are ignored), or None if it is not a status."""
+    words = text.split(" ")
+    if words[0] not in ("online", "offline"):
+        return None
+    out = {"online": words[0] == "online", **{f: 0 for f in STATUS_FIELDS}}
+    for word in words[1:]:
+        name, eq, value = word.partition("=")
+        if not (eq and value.isdigit() and value.isascii()):
+            return None
+        if name in STATUS_FIELDS:
+            out[name] = int(value)
+    return out

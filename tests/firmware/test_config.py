@@ -29,7 +29,8 @@ def full():
     return {
         "node_id": "A-z_09",
         "key_id": 65535,
-        "broker": {"host": "10.0.0.2", "port": 18883, "keepalive_s": 30, "server_name": "broker.plant"},
+        "broker": {"host": "10.0.0.2", "port": 18883, "keepalive_s": 30, "server_name": "broker.plant",
+                   "timeout_s": 2.5, "retry_min_s": 0.5, "retry_max_s": 120},
         "interval_s": 2.5,
         "thresholds": {
             "temperature_c": {"low": 2.0, "high": 8.0, "hysteresis": 0.5, "debounce": 3},
@@ -38,6 +39,7 @@ def full():
         "calibration": {"temperature_c": -0.25, "humidity_rh": 1.5, "pressure_pa": 12},
         "sensor": {"address": 0x77, "osrs_t": 1, "osrs_h": 4, "osrs_p": 8, "iir": 16},
         "files": {"ca": "a.der", "cert": "b.der", "key": "c.der", "payload_key": "d.key"},
+        "queue": {"records": 20000, "replay": 25},
         "board": ESP32_BOARD,
         "wifi": {"ssid": "plant-3", "psk": "correct horse"},
     }
@@ -56,7 +58,9 @@ def error(data):
 def test_defaults():
     c = parse(minimal())
     assert c.node_id == "cold-room_7" and c.key_id == 513
-    assert c.broker == {"host": "broker.local", "port": 8883, "keepalive_s": 60}
+    assert c.broker == {"host": "broker.local", "port": 8883, "keepalive_s": 60, "timeout_s": 5, "retry_min_s": 1,
+                        "retry_max_s": 60}
+    assert c.queue == {"records": 4096, "replay": 10}
     assert c.interval_s == 10
     assert c.thresholds == {}
     assert c.calibration == {"temperature_c": 0, "humidity_rh": 0, "pressure_pa": 0}
@@ -119,6 +123,16 @@ BAD = (
     ({"broker": {"host": "h", "hots": "x"}}, "broker.hots is not a known field"),
     ({"broker": {"host": "h", "server_name": 5}}, "broker.server_name"),
     ({"broker": "h:8883"}, "broker must be a JSON object"),
+    ({"broker": {"host": "h", "timeout_s": 0}}, "broker.timeout_s must be a number 0.1-60"),
+    ({"broker": {"host": "h", "timeout_s": "5"}}, "broker.timeout_s must be a number"),
+    ({"broker": {"host": "h", "retry_min_s": 0.05}}, "broker.retry_min_s"),
+    ({"broker": {"host": "h", "retry_max_s": 7200}}, "broker.retry_max_s"),
+    ({"broker": {"host": "h", "retry_min_s": 30, "retry_max_s": 10}}, "broker.retry_max_s must be at least"),
+    ({"queue": {"records": 15}}, "queue.records must be an integer 16-1000000"),
+    ({"queue": {"records": 100.5}}, "queue.records"),
+    ({"queue": {"replay": 0}}, "queue.replay"),
+    ({"queue": {"size": 10}}, "queue.size is not a known field"),
+    ({"queue": 100}, "queue must be a JSON object"),
     ({"interval_s": 0}, "interval_s"),
     ({"interval_s": "10"}, "interval_s"),
     ({"interval_s": float("inf")}, "interval_s"),

@@ -35,7 +35,9 @@ class Platform:
         return self._wlan
 
     def connect_network(self, timeout_ms):
-        """Join the configured Wi-Fi network; True once connected, False after timeout_ms without it."""
+        """Join the configured Wi-Fi network; True once connected, False after timeout_ms without it.
+        timeout_ms=0 only starts an attempt (unless one is under way) and returns at once: the supervisor
+        does that with backoff after a Wi-Fi loss, and watches network_up() while messages wait on flash."""
         wlan = self._sta()
         if wlan.isconnected():
             return True

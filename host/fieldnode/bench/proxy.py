@@ -1,7 +1,9 @@
 """A TCP relay on loopback between nodes and the broker, recording what crosses it.
 
 The bench puts it in a node's path to look at the bytes on the wire (they must be TLS, never plaintext)
-and, for fault injection, to cut or hold connections.
+and, for fault injection, to cut (drop_connections) or hold connections: hold() is a blackhole, nothing is
+read or forwarded (both ways, or only "up" from client to server, or "down") but every socket stays open,
+new connections too, until release().
 """
 import select
 import socket
@@ -17,6 +19,7 @@ class TcpProxy:
         self._listener = None
         self._pairs = []
         self._stop = threading.Event()
+        self._held = [False, False]  # up (client -> server), down: set by hold()
         self._threads = []
 
     @property
@@ -51,7 +54,9 @@ class TcpProxy:
         peer = {a: b, b: a}
         try:
             while not self._stop.is_set():
-                ready, _, _ = select.select([a, b], [], [], 0.2)
+                # a held side is not read: its bytes wait in the socket buffers, the sockets stay open
+                up, down = self._held
+                ready, _, _ = select.select([s for s, held in ((a, up), (b, down)) if not held], [], [], 0.2)
                 for s in ready:
                     data = s.recv(65536)
                     if not data:
@@ -65,6 +70,17 @@ class TcpProxy:
         finally:
             a.close()
             b.close()
+
+    def hold(self, direction="both"):
+        """Blackhole every connection, open and new: "both", "up" (client -> server) or "down". A relay
+        already waiting notices within 0.2 s."""
+        if direction not in ("both", "up", "down"):
+            raise ValueError("direction must be both, up or down, not %r" % (direction,))
+        self._held = [direction != "down", direction != "up"]
+
+    def release(self):
+        """Forward again, starting with whatever the held sockets buffered meanwhile."""
+        self._held = [False, False]
 
     def drop_connections(self):
         """Cut every relayed connection (both sides see a reset/close)."""

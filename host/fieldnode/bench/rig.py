@@ -25,7 +25,7 @@ KEY_ID = 1
 
 class Rig:
     def __init__(self, workdir, node_ids, interval_s=1.0, thresholds=None, environment=None, heapsize="512k",
-                 autostart=None):
+                 autostart=None, broker_persistence=False):
         self.workdir = Path(workdir)
         self.node_ids = list(node_ids)  # all of them get broker ACL entries
         self.autostart = self.node_ids if autostart is None else list(autostart)
@@ -33,6 +33,7 @@ class Rig:
         self.thresholds = thresholds or {}
         self.environment = dict(environment or {})
         self.heapsize = heapsize
+        self.broker_persistence = broker_persistence  # sessions and queued messages survive a broker restart
         self.fleet = Fleet(self.workdir / "fleet")
         self.broker = None
         self.bus = None
@@ -58,11 +59,12 @@ class Rig:
         self.server_cert_path = pki.write_cert(server_dir / "server.pem", server_cert)
         self.server_key_path = pki.write_key(server_dir / "server.key", server_key)
 
-    def add_node(self, node_id, start=True, issuer=None, broker_port=None):
+    def add_node(self, node_id, start=True, issuer=None, broker_port=None, probe=False):
         """Provision a virtual node (certificate, payload key, config) and start it.
 
         `issuer` (ca_key, ca_cert) signs the node's certificate instead of the fleet CA (a rogue node);
-        `broker_port` points the node somewhere else than the broker (e.g. through a proxy)."""
+        `broker_port` points the node somewhere else than the broker (e.g. through a proxy); `probe` runs
+        it under the bench probe, which announces every sealed message on the console (vnode.PROBE)."""
         ca_key, ca_cert = issuer or (self.ca_key, self.ca_cert)
         key, cert = pki.issue_client_cert(ca_key, ca_cert, node_id)
         payload_key = os.urandom(32)
@@ -81,7 +83,7 @@ class Rig:
         folder = self.workdir / "nodes" / node_id
         write_node_files(folder, cfg, self.ca_cert.public_bytes(Encoding.DER), cert.public_bytes(Encoding.DER),
                          pki.key_bytes(key, "der"), payload_key)
-        node = VirtualNode(node_id, folder, heapsize=self.heapsize)
+        node = VirtualNode(node_id, folder, heapsize=self.heapsize, probe=probe)
         self.nodes[node_id] = node
         if start:
             node.start()
@@ -91,7 +93,8 @@ class Rig:
         try:
             self._make_pki()
             self.broker = Broker(self.workdir / "broker", self.fleet.ca_cert, self.server_cert_path,
-                                 self.server_key_path, self.node_ids).start()
+                                 self.server_key_path, self.node_ids,
+                                 persistence=self.broker_persistence).start()
             self.fleet.save_broker(LOOPBACK, self.broker.port)
             self.bus = I2CBusServer().start()
             for node_id in self.autostart:
@@ -100,6 +103,17 @@ class Rig:
             self.stop()
             raise
         return self
+
+    def stop_broker(self):
+        """Take the broker down (SIGTERM, by pid); start_broker() brings it back on the same port."""
+        self.broker.stop()
+
+    def start_broker(self):
+        """Start the broker again on the port it had, so nodes and subscribers reconnect to where they were."""
+        self.broker = Broker(self.workdir / "broker", self.fleet.ca_cert, self.server_cert_path,
+                             self.server_key_path, self.node_ids, port=self.broker.port,
+                             persistence=self.broker_persistence).start()
+        return self.broker
 
     def monitor(self, **callbacks):
         """A verifying subscriber with the host certificate (start it with `with` or .start())."""

@@ -32,31 +32,43 @@ def write_node_files(folder, config, ca_der, cert_der, key_der, payload_key):
     (folder / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
 
 
-class VirtualNode:
-    """One node process. Console lines are collected so tests can wait on them (bounded)."""
+# Runs the board's main.py with every sealed message announced on the console (see mpy/probe.py).
+PROBE = Path(__file__).resolve().parent / "mpy" / "probe.py"
 
-    def __init__(self, node_id, folder, heapsize="512k"):
+
+class VirtualNode:
+    """One node process. Console lines are collected so tests can wait on them (bounded); `line_times`
+    holds when each arrived (time.monotonic()). `probe=True` runs the firmware under the bench probe."""
+
+    def __init__(self, node_id, folder, heapsize="512k", probe=False):
         self.node_id = node_id
         self.folder = Path(folder)
         self.heapsize = heapsize
+        self.probe = probe
         self.proc = None
         self.lines = []
+        self.line_times = []
         self._cond = threading.Condition()
 
     def start(self):
         env = dict(os.environ, MICROPYPATH=paths.micropypath())
+        main = [str(PROBE), str(paths.FIRMWARE / "main.py")] if self.probe else [str(paths.FIRMWARE / "main.py")]
         self.proc = subprocess.Popen(
-            [paths.micropython_exe(), "-X", "heapsize=" + self.heapsize, str(paths.FIRMWARE / "main.py")],
+            [paths.micropython_exe(), "-X", "heapsize=" + self.heapsize] + main,
             cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace")
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
         return self
 
     def _pump(self, proc):
-        for line in proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
+        try:
+            for line in proc.stdout:
+                with self._cond:
+                    self.lines.append(line.rstrip("\n"))
+                    self.line_times.append(time.monotonic())
+                    self._cond.notify_all()
+        except (ValueError, OSError):
+            pass  # stop() closed the pipe while we were reading it: the process is gone
         with self._cond:
             self._cond.notify_all()
 

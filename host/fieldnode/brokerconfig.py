@@ -1,0 +1,64 @@
+"""`fieldnode broker-config`: a mosquitto 2.0 configuration for the fleet, written into one directory.
+
+DIR/mosquitto.conf  one TLS listener: client certificate required (fleet CA), CN as username, the CRL
+DIR/acl             each node not revoked writes only under fieldnode/<id>/, the host reads fieldnode/#
+DIR/ca.pem DIR/server.pem DIR/server.key (0600) DIR/crl.pem   what the listener loads
+
+The renderer is the bench broker's (fieldnode.bench.broker.render_config / render_acl), so the bench and
+a production broker run the very same configuration. The CRL is rebuilt from the inventory on every run
+(that also puts rotated-out certificates on it once their overlap has ended, and renews its 30-day
+validity: run this at least monthly, and after every `fieldnode revoke`, then reload mosquitto with
+SIGHUP — the CRL applies to new connections).
+"""
+from pathlib import Path
+
+from . import pki
+from .bench.broker import render_acl, render_config
+from .ca import CA, crl_lock
+from .fleet import iso, utcnow
+from .inventory import Inventory
+from .errors import UsageError
+from .provision import Action, sha256
+
+DEFAULT_PORT = 8883
+DEFAULT_BIND = "0.0.0.0"
+
+
+def write_broker_config(fleet, out, port=DEFAULT_PORT, bind=DEFAULT_BIND, run_as=None, log_file=None,
+                        operator=None, passphrase=None, ca_loader=None):
+    """Write the broker's files into `out`; return a summary (nodes served, CRL number, file hashes)."""
+    if not 0 < int(port) < 65536:
+        raise UsageError("--port: give 1-65535")
+    fleet.require_ca()
+    fleet.require(fleet.server_cert, fleet.server_key)
+    out = Path(out).resolve()
+    ca_loader = ca_loader or (lambda: CA.load(fleet, passphrase))
+    with Action(fleet, "broker-config", None, operator) as act:
+        act.details = {"out": str(out), "port": int(port), "bind": bind}
+        with Inventory(fleet.inventory_db) as inv:
+            ca = ca_loader()
+            with crl_lock(fleet):
+                crl_path, number, revoked = ca.write_crl(inv)
+            nodes = [n["node_id"] for n in inv.nodes(include_revoked=False)]
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        files = {
+            "ca.pem": (fleet.ca_cert.read_bytes(), 0o644),
+            "server.pem": (fleet.server_cert.read_bytes(), 0o644),
+            "server.key": (fleet.server_key.read_bytes(), 0o600),
+            "crl.pem": (crl_path.read_bytes(), 0o644),
+            "acl": (render_acl(nodes).encode(), 0o644),
+        }
+        conf = render_config(port, out / "ca.pem", out / "server.pem", out / "server.key", out / "acl",
+                             crlfile=out / "crl.pem", log_file=log_file, bind=bind, run_as=run_as)
+        # The listener's files first, the config last: a broker (re)started at any moment finds a whole set.
+        for name, (data, mode) in files.items():
+            pki.atomic_write(out / name, data, mode)
+        pki.atomic_write(out / "mosquitto.conf", conf.encode(), 0o644)
+        hashes = {name: sha256(data) for name, (data, _) in files.items() if name != "server.key"}
+        hashes["mosquitto.conf"] = sha256(conf.encode())
+        act.hashes = hashes
+        act.details.update({"nodes": nodes, "crl_number": number, "crl_entries": len(revoked)})
+        fleet.save_broker(config_dir=str(out))
+    return {"out": str(out), "config": str(out / "mosquitto.conf"), "port": int(port), "bind": bind,
+            "nodes": nodes, "crl_number": number, "crl_entries": len(revoked), "written_at": iso(utcnow()),
+            "sha256": hashes}
