@@ -1,6 +1,6 @@
 # node.link without a network: the CONNECT packet, the bounded stream umqtt.simple reads and writes through,
 # PUBLISH/PUBACK and PINGREQ/PINGRESP against a scripted socket (what the broker "says" is queued bytes; an
-# empty queue is a timeout). The real broker, TLS and cut or blackholed links: tests/hil/test_link.py.
+# empty queue is a timeout). The real broker, TLS and cut or blackholed links: tests/hil/test_link_resilience.py.
 # Plain asserts: runs under pytest (CPython) and on the Unix port (mpyunit.py); the umqtt.simple parts only
 # where umqtt.simple imports (the Unix port).
 from node.config import parse
