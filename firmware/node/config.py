@@ -16,13 +16,15 @@ a limit must not silently disable an alarm). `Config.as_dict()` gives the data b
 |                         | handshake, CONNACK, PUBACK, PINGRESP)                    |                |
 | broker.retry_min_s,     | numbers 0.1-3600, min <= max: reconnect backoff, doubled | 1, 60          |
 |   .retry_max_s          | after each failure up to max, with jitter                |                |
-| interval_s              | number > 0, seconds between readings                     | 10             |
+| interval_s              | number 0.05-86400, seconds between readings              | 10             |
 | thresholds.<channel>    | {low, high, hysteresis, debounce}, channel one of        | {} (no alarms) |
 |                         | temperature_c, humidity_rh, pressure_pa                  |                |
-|   .low, .high           | number or null; low < high when both are given           | none (never)   |
+|   .low, .high           | number within the sensor's range (RANGES) or null; low < | none (never)   |
+|                         | high when both are given                                 |                |
 |   .hysteresis           | number >= 0, and < high - low when both are given        | 0              |
 |   .debounce             | int 1-255, consecutive samples before raise / clear      | 1              |
-| calibration.<channel>   | number, offset added to the channel's reading            | 0              |
+| calibration.<channel>   | offset added to the reading: at most ±20 °C, ±20 %RH,    | 0              |
+|                         | ±5000 Pa                                                 |                |
 | sensor.address          | int 0x08-0x77                                            | board.sensor's |
 | sensor.osrs_t/_h/_p     | oversampling as a sample count: 1, 2, 4, 8 or 16         | 2 / 1 / 16     |
 | sensor.iir              | IIR filter coefficient: 0 (off), 2, 4, 8 or 16           | 0              |
@@ -61,6 +63,9 @@ _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 _HEX = "0123456789abcdefABCDEF"
 _NODE_ID = "1-32 characters of A-Z a-z 0-9 _ -"
 _MAX_SIZE = 16384  # characters; a provisioned config is about 1 KB
+# What the BME280 can measure (datasheet operating range), per channel; limits outside it never trigger.
+RANGES = {"temperature_c": (-40, 85), "humidity_rh": (0, 100), "pressure_pa": (30000, 110000)}
+CALIBRATION_BOUNDS = (20, 20, 5000)  # largest offset accepted: °C, %RH, Pa
 _TOP = ("node_id", "key_id", "broker", "interval_s", "thresholds", "calibration", "sensor", "files", "queue",
         "board", "wifi", "bench")
 
@@ -129,18 +134,19 @@ def parse(data, source="config.json"):
     if "server_name" in broker:
         c.broker["server_name"] = v.text(broker, "broker.server_name", "the name on the broker's certificate")
 
-    c.interval_s = v.number(data, "interval_s", 10)
-    if c.interval_s <= 0:
-        v.fail("interval_s", "a number > 0", c.interval_s)
+    c.interval_s = v.bounded(data, "interval_s", 0.05, 86400, 10)
 
     thresholds = v.section(data, "thresholds", CHANNELS)
     c.thresholds = {}
     for name in CHANNELS:
         if name in thresholds:
-            c.thresholds[name] = v.limits(thresholds, "thresholds." + name)
+            c.thresholds[name] = v.limits(thresholds, "thresholds." + name, RANGES[name])
 
     calibration = v.section(data, "calibration", CHANNELS)
-    c.calibration = {name: v.number(calibration, "calibration." + name, 0) for name in CHANNELS}
+    # Offsets correct a sensor, they do not move it to another range: bounded so a calibrated value
+    # always fits the wire format (docs/protocol.md).
+    c.calibration = {name: v.bounded(calibration, "calibration." + name, -bound, bound, 0)
+                     for name, bound in zip(CHANNELS, CALIBRATION_BOUNDS)}
 
     c.board = v.board(data.get("board"))
     platform = c.board["platform"]
@@ -266,13 +272,13 @@ class _Validator:
             self.fail(field, "a file name (no directory)", value)
         return value
 
-    def limits(self, d, field):
+    def limits(self, d, field, valid):
         spec = d[field.split(".")[-1]]
         self.keys(spec, field + ".", ("low", "high", "hysteresis", "debounce"))
         out = {}
         for k in ("low", "high"):
             if spec.get(k) is not None:
-                out[k] = self.number(spec, field + "." + k, None)
+                out[k] = self.bounded(spec, field + "." + k, valid[0], valid[1], None)
         low, high = out.get("low"), out.get("high")
         if low is not None and high is not None and not low < high:
             raise ConfigError("%s: %s.low must be below %s.high (got %r and %r)"

@@ -241,3 +241,22 @@ def test_duplicate_keys_and_odd_spellings():
     assert "key_id" in load_text(good[:-1] + ', "key_id": "513"}')
     assert "node_id" in load_text(good[:-1] + ', "node_id": "room 7"}')
     assert "NODE_ID is not a known field" in load_text(good[:-1] + ', "NODE_ID": "x"}')
+
+
+def test_values_that_would_break_the_loop_later_are_refused_up_front():
+    # Each of these once passed validation and crashed the node when used (int overflow, unsealable value).
+    for path, value in (("interval_s", 1e308), ("interval_s", 0), ("calibration.temperature_c", 400.0),
+                        ("calibration.pressure_pa", -1e9), ("thresholds.temperature_c.high", 1e12),
+                        ("thresholds.humidity_rh.low", -5)):
+        data = full()
+        where = data
+        parts = path.split(".")
+        for p in parts[:-1]:
+            where = where.setdefault(p, {})
+        where[parts[-1]] = value
+        try:
+            parse(data)
+        except ConfigError as exc:
+            assert parts[-1] in str(exc), str(exc)
+        else:
+            raise AssertionError("%s = %r accepted" % (path, value))

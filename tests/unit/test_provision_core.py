@@ -122,7 +122,7 @@ def test_esp32_board_is_detected_and_its_mac_recorded(fleet, bench):
     ({}, Settings(), "unix board reads its sensor over the bench bus and this board does not say where it is: pass --bench-i2c HOST:PORT"),
     ({}, Settings(bench_i2c="127.0.0.1:1", thresholds={"temperature_c": {"low": 9, "high": 2}}),
      "invalid node config: .*low must be below"),
-    ({}, Settings(bench_i2c="127.0.0.1:1", interval_s=-1), "interval_s must be a number > 0"),
+    ({}, Settings(bench_i2c="127.0.0.1:1", interval_s=-1), "interval_s must be a number 0.05-86400"),
     (dict(platform="esp32", machine="Weird board with ESP32S3"), Settings(), "ESP32 node needs Wi-Fi"),
     (dict(platform="rp2", machine="Raspberry Pi Pico with RP2040"), Settings(), "cannot tell which board is on /dev/ttyX .*pass --board"),
 ])

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from .. import paths
 from ..errors import FieldnodeError
+from .bme280_emu import CHIP_ID
+from .vnode import NodeProcessError
 
 SCENARIOS = paths.REPO / "tests" / "scenarios"
 # Integrity rules that hold in every scenario whatever its file says (the users' rule: never altered).
@@ -389,16 +391,16 @@ class Runner:
         self._clock = {}  # node -> clock offset in seconds
         self._t0 = None
         self._abort = threading.Event()
-        self._pending_ends = []  # (time, seq, Event) of lasting faults not yet undone
+        self._pending_ends = []  # (end time or None, Event) of lasting faults not yet undone
         self._power_losses = 0
         self._kills = {}  # node -> [time of each power cut]
         self.resealed = []
-        self._sensor_windows = []  # [node, began, ended or None, grace]
+        self._sensor_windows = []  # [node, fault, began, ended or None, grace]
 
     # -- the rig ----------------------------------------------------------------------------------------
 
     def _setup(self):
-        from .delivery import Delivery
+        from .delivery import Delivery  # imports the ingest store: only when a scenario runs
         from .faults import FaultProxy
         from .rig import Rig
 
@@ -523,13 +525,13 @@ class Runner:
             sensor = self.rig.sensors[node]
             fault = p["fault"]
             if on:
-                self._sensor_windows.append([node, time.monotonic(), None, p["grace"]])
+                self._sensor_windows.append([node, fault, time.monotonic(), None, p["grace"]])
             else:
                 for w in self._sensor_windows:
-                    if w[0] == node and w[2] is None:
-                        w[2] = time.monotonic()
+                    if w[:2] == [node, fault] and w[3] is None:
+                        w[3] = time.monotonic()
             if fault == "chip_id":
-                sensor.chip_id = p["chip_id"] if on else 0x60
+                sensor.chip_id = p["chip_id"] if on else CHIP_ID
             else:
                 setattr(sensor, fault, on)
         elif name == "clock_jump":
@@ -547,8 +549,8 @@ class Runner:
             try:
                 vnode.wait_for_line(r"^bench-probe: sealed ", timeout=max(3 * self.sc.interval_s, 2),
                                     start=start)
-            except Exception:  # noqa: BLE001 - a node that seals nothing is killed all the same
-                pass
+            except NodeProcessError:
+                pass  # a node that seals nothing (or died) loses its power all the same
             delay = self._rng.uniform(window[0], window[1]) / 1000.0
             if delay:
                 self._abort.wait(delay)
@@ -762,7 +764,7 @@ class Runner:
     def _unflagged(self, seals, stored):
         """Stored readings sealed while a sensor fault was on (after its grace) that claim to be valid."""
         count = 0
-        for node, began, ended, grace in self._sensor_windows:
+        for node, _, began, ended, grace in self._sensor_windows:
             ended = ended if ended is not None else math.inf
             inside = sorted((v["time"], k) for k, v in seals.items()
                             if k[0] == node and v["type"] == "reading" and began <= v["time"] <= ended)
