@@ -219,23 +219,27 @@ class Console:
         self._serial.close()
 
 
-def start_vboards(folders):
-    """`fieldnode vboard` processes (started together) whose boards have finished booting: their REPL
-    prompt is out. A first contact while a virtual board is still starting its interpreter can go
-    unanswered (about 1 in 15 on this bench), so the tests wait for the prompt, a condition."""
+def start_vboards(folders, attempts=3):
+    """`fieldnode vboard` processes, started together, each answering its REPL. A first contact while a
+    virtual board is still starting its interpreter goes unanswered now and then (about 1 in 15 on this
+    bench; the next one is answered): each board is probed until it answers, at most `attempts` times,
+    so the tests start from boards that are up, like a technician's plugged-in board."""
     from fieldnode.bench.vboard import VBoardProcess
+    from fieldnode.board import Board, BoardError
 
     started = []
     try:
         for fs in folders:
             started.append(VBoardProcess(fs).start())
-        consoles = [Console(vb.port).start() for vb in started]
-        try:
-            for console in consoles:
-                console.wait_for(r">>> ")
-        finally:
-            for console in consoles:
-                console.stop()
+        for vb in started:
+            for attempt in range(attempts):
+                try:
+                    with Board(vb.port, timeout=3) as board:
+                        board.info()
+                    break
+                except BoardError:
+                    if attempt == attempts - 1:
+                        raise
     except BaseException:
         for vb in started:
             vb.stop()

@@ -5,6 +5,8 @@
 import socket
 import struct
 
+print("fieldnode-test: umqtt(context flavour) imported")
+
 
 class MQTTException(Exception):
     pass

@@ -78,6 +78,6 @@ def test_unflagged_counts_valid_looking_readings_inside_a_sensor_fault_after_its
     seals = r._seals()  # seq 1..8 at 1.0, 1.5, ... 4.5
     r._sensor_windows = [["a", "nack", 2.0, 3.6, 1]]  # seals 3, 4, 5, 6 (2.0 .. 3.5) inside; the first is grace
     stored = {("a", q): arrival(q, 0 if q in (3, 5) else 1) for q in range(1, 9)}
-    assert r._unflagged(seals, stored) == 1  # seq 5; seq 3 was the grace reading
+    assert r._unflagged(seals, stored) == [["a", 5, "nack"]]  # seq 3 was the grace reading
     r._sensor_windows = [["a", "nack", 2.0, 3.6, 3]]
-    assert r._unflagged(seals, stored) == 0
+    assert r._unflagged(seals, stored) == []

@@ -722,6 +722,7 @@ class Runner:
                 "flagged_readings": sum(1 for a in mine if a.type == "reading" and a.sensor_status),
             }
         skew = [abs(a.timestamp - a.wall) for a in arrivals.values()]
+        unflagged = self._unflagged(seals, arrivals)
         report = {
             "scenario": sc.name, "quick": sc.quick, "seed": sc.seed, "nodes": len(sc.node_ids),
             "interval_s": sc.interval_s, "duration_s": round(sc.duration_s, 2),
@@ -742,7 +743,7 @@ class Runner:
             "crashed": sum(1 for n in sc.node_ids if not self.rig.nodes[n].running),
             "power_losses": self._power_losses,
             "flagged_readings": sum(p["flagged_readings"] for p in per_node.values()),
-            "unflagged_in_sensor_fault": self._unflagged(seals, arrivals),
+            "unflagged_in_sensor_fault": len(unflagged), "unflagged_readings": unflagged[:20],
             "alarms": sum(1 for a in arrivals.values() if a.type == "alarm"),
             "max_clock_skew_s": round(max(skew), 1) if skew else None,
             "per_node": per_node,
@@ -762,16 +763,18 @@ class Runner:
         return report
 
     def _unflagged(self, seals, stored):
-        """Stored readings sealed while a sensor fault was on (after its grace) that claim to be valid."""
-        count = 0
-        for node, _, began, ended, grace in self._sensor_windows:
+        """[(node, seq, fault)]: stored readings sealed while a sensor fault was on (after its grace) that
+        claim to be valid."""
+        out = []
+        for node, fault, began, ended, grace in self._sensor_windows:
             ended = ended if ended is not None else math.inf
             inside = sorted((v["time"], k) for k, v in seals.items()
                             if k[0] == node and v["type"] == "reading" and began <= v["time"] <= ended)
             for _, k in inside[grace:]:
                 a = stored.get(k)
-                count += a is not None and a.sensor_status == 0
-        return count
+                if a is not None and a.sensor_status == 0:
+                    out.append([node, k[1], fault])
+        return out
 
 
 def run(scenario, workdir, log=None):

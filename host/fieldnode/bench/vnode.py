@@ -45,13 +45,14 @@ class VirtualNode:
         self.folder = Path(folder)
         self.heapsize = heapsize
         self.probe = probe
+        self.micropypath = None  # None: fieldnode.paths.micropypath(); tests swap libraries through it
         self.proc = None
         self.lines = []
         self.line_times = []
         self._cond = threading.Condition()
 
     def start(self):
-        env = dict(os.environ, MICROPYPATH=paths.micropypath())
+        env = dict(os.environ, MICROPYPATH=self.micropypath or paths.micropypath())
         main = [str(PROBE), str(paths.FIRMWARE / "main.py")] if self.probe else [str(paths.FIRMWARE / "main.py")]
         self.proc = subprocess.Popen(
             [paths.micropython_exe(), "-X", "heapsize=" + self.heapsize] + main,
