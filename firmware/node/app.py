@@ -9,7 +9,11 @@
 #
 # Status topic (docs/protocol.md): "online", followed by " sensor=<bits>" while the sensor is faulty,
 # " dropped=<n>" once the full queue dropped messages and " lost=<n>" once records were lost on flash.
-from node import config as config_mod
+#
+# Memory (docs/performance.md): the config parser is the largest module and is needed once, so boot()
+# unloads it after reading the config; the rest is imported as it is needed and stays.
+import sys
+
 from node.health import (IMPLAUSIBLE, READ_ERROR, STUCK, STUCK_SAMPLES, WRONG_CHIP, Health, conversion_stuck,
                          describe)
 from node.timing import Backoff, sleep_ms, ticks_add, ticks_diff, ticks_ms
@@ -63,6 +67,7 @@ class Node:
         self.queue = Queue("queue", cfg.queue["records"], self.counters.floor, self.counters.reserve, log)
         self.alarms = AlarmSet(cfg.thresholds)
         self.link = Link(cfg)
+        self.link.prepare()  # the TLS context while the heap is in one piece (docs/performance.md)
         self.hal.start_watchdog(self.watchdog_ms())
         self._net_up = self.hal.connect_network(15000)
         self.time_quality = self.hal.sync_time()
@@ -348,11 +353,17 @@ class Node:
 
 def run(path="config.json", cycles=None):
     """Entry point from main.py. A bad config leaves the board at the REPL instead of a crash loop."""
-    try:
-        cfg = config_mod.load(path)
-    except config_mod.ConfigError as exc:
-        log("config error:", exc)
-        log("node halted: fix the config (fieldnode provision) and reset")
+    node = boot(path)
+    if node is not None:
+        node.run(cycles)
+    return node
+
+
+def boot(path="config.json"):
+    """Read the config, make the Node and start it (no cycle yet); None, logged, when the config is bad or the
+    start fails."""
+    cfg = load_config(path)
+    if cfg is None:
         return None
     from node import hal
 
@@ -362,5 +373,38 @@ def run(path="config.json", cycles=None):
     except Exception as exc:  # a missing key file, a corrupt counters.dat: report and stay reachable
         log("start failed:", exc)
         return None
-    node.run(cycles)
     return node
+
+
+class Settings:
+    """The fields of a node.config.Config, without its class: nothing here refers to the parser's module."""
+
+    def __init__(self, cfg):
+        for name, value in cfg.__dict__.items():
+            setattr(self, name, value)
+
+
+def load_config(path="config.json"):
+    """The config as Settings, or None (logged) if it is bad. The parser (node.config) is unloaded afterwards:
+    its code would otherwise stay on the heap for good, a fifth of the node's."""
+    from node import config as mod
+
+    try:
+        cfg = Settings(mod.load(path))
+    except mod.ConfigError as exc:
+        log("config error:", exc)
+        log("node halted: fix the config (fieldnode provision) and reset")
+        cfg = None
+    mod = None
+    _unload("node.config")
+    return cfg
+
+
+def _unload(name):
+    """Forget a module (sys.modules and its package's attribute) so the collector can free its code; a later
+    import loads it again."""
+    sys.modules.pop(name, None)
+    package, _, attr = name.rpartition(".")
+    parent = sys.modules.get(package)
+    if parent is not None and attr in parent.__dict__:
+        delattr(parent, attr)

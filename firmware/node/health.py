@@ -28,6 +28,7 @@ NAMES = ((READ_ERROR, "read error"), (WRONG_CHIP, "wrong chip id"), (STUCK, "stu
 STUCK_SAMPLES = const(5)
 LIMITS = ((-40.0, 85.0), (0.0, 100.0), (30000.0, 110000.0))  # °C, %RH, Pa
 MAX_RATE = (3.0, 10.0, 300.0)  # per second: a glitch detector, not a model of the room
+_MIN_STEP = (-3.0, -10.0, -300.0)  # -MAX_RATE
 _MIN_DT_MS = const(1000)
 _REG_DATA = const(0xF7)
 _ADC_RESET = b"\x80\x00\x00\x80\x00\x00\x80\x00"
@@ -84,11 +85,14 @@ class Health:
             lo, hi = LIMITS[c]
             ok = lo <= v <= hi  # False for NaN too
             if ok and ref is not None:
-                d = v - ref[c]
-                if d < 0:
-                    d = -d
-                # (the common case, a sample a second or less after the last, allocates no float)
-                ok = d <= (MAX_RATE[c] if dt == _MIN_DT_MS else MAX_RATE[c] * dt / 1000)
+                # |v - ref| <= the rate's limit, without making -d (float arithmetic allocates); the common case,
+                # a sample a second or less after the last, allocates nothing but the difference
+                if dt == _MIN_DT_MS:
+                    down, up = _MIN_STEP[c], MAX_RATE[c]
+                else:
+                    up = MAX_RATE[c] * dt / 1000
+                    down = -up
+                ok = down <= v - ref[c] <= up
             if ok:
                 out[c] = v
             else:

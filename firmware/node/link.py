@@ -13,6 +13,8 @@ import socket
 import ssl
 import struct
 
+from micropython import const
+
 from node.timing import ticks_diff, ticks_ms
 
 try:
@@ -21,6 +23,8 @@ except ImportError:  # pragma: no cover
     ECONNRESET, ETIMEDOUT = 104, 110
 
 _WILL_FLAGS = 0x02 | 0x04 | 0x08 | 0x20  # clean session, will, will QoS 1, will retained
+_IPPROTO_TCP = const(6)  # the same numbers on lwIP (ESP32) and Linux; MicroPython's socket module names neither
+_TCP_NODELAY = const(1)
 
 
 def _read(path):
@@ -30,6 +34,16 @@ def _read(path):
 
 class LinkError(Exception):
     pass
+
+
+def _no_delay(sock):
+    # umqtt.simple writes a PUBLISH in five pieces. With Nagle's algorithm on, the later pieces wait for the
+    # broker to acknowledge the first, which it delays (~40 ms on Linux) until the packet is whole: every
+    # publish would take that long. Best effort: a stack without the option just keeps Nagle.
+    try:
+        sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass
 
 
 def _field(s):
@@ -103,7 +117,17 @@ class Link:
         except OSError as exc:
             raise LinkError("TLS files missing (%s): re-provision the node" % exc)
 
-    def _tls(self, raw):
+    def prepare(self):
+        """Make the TLS context and load umqtt.simple now, at start-up, while the heap is still in one piece:
+        the context is one block of a few KB (on the Unix port), which a heap fragmented by hours of cycles
+        may no longer have. Whatever fails here is left for connect() to report (and retry)."""
+        try:
+            self._context()
+            import umqtt.simple  # noqa: F401  (its code loaded now; connect() imports it by name)
+        except (LinkError, OSError, ValueError, MemoryError, ImportError):
+            pass
+
+    def _context(self):
         if self._ctx is None and hasattr(ssl, "SSLContext"):
             key, cert, ca = self._material()
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -111,7 +135,10 @@ class Link:
             ctx.load_verify_locations(cadata=ca)
             ctx.verify_mode = ssl.CERT_REQUIRED
             self._ctx = ctx  # parsed once, kept: no PEM/DER parsing on every reconnect
-        if self._ctx is not None:
+        return self._ctx
+
+    def _tls(self, raw):
+        if self._context() is not None:
             return self._ctx.wrap_socket(raw, server_hostname=self._server_name)
         key, cert, ca = self._material()  # older firmware: the module-level call of the 1.3.x era
         return ssl.wrap_socket(raw, key=key, cert=cert, cadata=ca, cert_reqs=ssl.CERT_REQUIRED,
@@ -130,6 +157,7 @@ class Link:
         raw = socket.socket(ai[0], socket.SOCK_STREAM)
         try:
             raw.settimeout(self._timeout)
+            _no_delay(raw)
             raw.connect(ai[-1])
             sock = Bounded(self._tls(raw))
         except BaseException:

@@ -70,6 +70,11 @@ def _valid_len(n):
     return _MIN_MSG <= n <= _MAX_MSG and not (n - _MIN_MSG) % 16
 
 
+def _seq_of(msg):
+    # the seq in a sealed message's header (struct.unpack_from would allocate a tuple)
+    return msg[_SEQ_AT] << 24 | msg[_SEQ_AT + 1] << 16 | msg[_SEQ_AT + 2] << 8 | msg[_SEQ_AT + 3]
+
+
 def _say(*parts):
     print("fieldnode:", *parts)
 
@@ -91,6 +96,8 @@ class Queue:
         self._log = log or _say
         self._wbuf = bytearray(_MAX_MSG + _FRAME)
         self._wmv = memoryview(self._wbuf)
+        self._wn = 0  # the message length _wcrc and _wrec are views for
+        self._wcrc = self._wrec = None
         self._rbuf = bytearray(_MAX_MSG + _FRAME)
         self._rmv = memoryview(self._rbuf)
         self._names = []  # first seq of each segment on flash, ascending
@@ -240,7 +247,7 @@ class Queue:
         the message is then lost and its seq used (the host sees it missing)."""
         n = len(msg)
         seq = self.next_seq
-        if not _valid_len(n) or struct.unpack_from(">I", msg, _SEQ_AT)[0] != seq:
+        if not _valid_len(n) or _seq_of(msg) != seq:
             raise ValueError("not a sealed message with seq %d" % seq)
         while self.count >= self.capacity and self._drop_oldest():
             pass
@@ -251,12 +258,16 @@ class Queue:
                 self._close_tail()
                 raise QueueError("cannot open a queue segment (%s)" % exc)
         w, mv = self._wbuf, self._wmv
+        if n != self._wn:  # views for this length (every reading is 58 bytes): made once, not per record
+            self._wn = n
+            self._wcrc = mv[1:2 + n]
+            self._wrec = mv[:n + _FRAME]
         w[0] = _MAGIC
         w[1] = n
         mv[2:2 + n] = msg
-        struct.pack_into(">I", w, 2 + n, _crc(mv[1:2 + n]))
+        struct.pack_into(">I", w, 2 + n, _crc(self._wcrc))
         try:
-            self._wf.write(mv[:n + _FRAME])
+            self._wf.write(self._wrec)
             self._wf.flush()
         except OSError as exc:
             self._close_tail()  # never append behind what may be a torn record

@@ -4,6 +4,10 @@
 # A Sealer derives the working keys once and writes every message into one preallocated buffer: the body
 # is packed in place, encrypted in place, and the tag written after it. The memoryview a seal_* call returns
 # is valid until the next seal_* call on the same Sealer.
+#
+# Allocation per message (docs/performance.md): the IV, two SHA-256 objects and their digests, nothing else.
+# One AES block cipher (ECB) made at start-up does CBC here, block by block (a cryptolib CBC object holds its
+# IV and cannot be reused); the views into the buffer for a one-block body (every v1 message) are made once.
 import hashlib
 import os
 import struct
@@ -22,7 +26,8 @@ _BLOCK = const(16)
 _HMAC_BLOCK = const(64)
 _KEY = const(32)
 _MAX_MESSAGE = const(250)  # the longest 58 + 16*k that is at most 256 bytes
-_AES_CBC = const(2)
+_AES_ECB = const(1)
+_ONE_BLOCK = const(42)  # _CT + one block: where the ciphertext of a 15-byte body ends
 
 # "no valid value" codes
 _NO_TEMPERATURE = const(-32768)
@@ -63,10 +68,19 @@ def derive_keys(master):
     return _hmac(master, b"fieldnode v1 enc\x01"), _hmac(master, b"fieldnode v1 mac\x01")
 
 
-def _fixed(value, lo, hi, name):
-    # value in channel units -> nearest 0.01 unit, within [lo, hi]; NaN and infinities fail the test too.
+# The fields' ranges in 0.01 units, widened by half a unit (what still rounds into the field): made once, as
+# arithmetic on floats allocates.
+_T_RANGE = (-32767.5, 32767.5)
+_H_RANGE = (-0.5, 65534.5)
+_P_RANGE = (-0.5, 4294967294.5)
+_I32_RANGE = (-2147483648.5, 2147483647.5)
+
+
+def _fixed(value, bounds, name):
+    # value in channel units -> nearest 0.01 unit within bounds (exclusive, see above); NaN and infinities fail
+    # the test too.
     v = value * 100
-    if not lo - 0.5 < v < hi + 0.5:
+    if not bounds[0] < v < bounds[1]:
         raise ValueError("%s %r does not fit its field" % (name, value))
     return round(v)
 
@@ -86,20 +100,23 @@ class Sealer:
             if c not in _ID_CHARS:
                 raise ValueError("node id %r: only A-Z a-z 0-9 _ - allowed" % node_id)
         enc_key, mac_key = derive_keys(master_key)
-        self._enc_key = enc_key
+        self._aes = cryptolib.aes(enc_key, _AES_ECB)
         ipad, self._opad = _pads(mac_key)
         # The inner hash always starts with the padded key and the node id (the associated data).
         self._inner = ipad + bytes((len(node_id),)) + node_id.encode()
         self._key_id = key_id
         self._buf = bytearray(_MAX_MESSAGE)
-        self._mv = memoryview(self._buf)
+        mv = self._mv = memoryview(self._buf)
+        self._block = mv[_CT:_ONE_BLOCK]  # the ciphertext of a one-block body
+        self._signed = mv[:_ONE_BLOCK]  # what the tag covers (after the associated data)
+        self._message = mv[:_ONE_BLOCK + _TAG]
 
     def seal_reading(self, boot, seq, timestamp, time_quality, temperature_c, humidity_rh, pressure_pa,
                      alarm_bits, sensor_status, iv=None):
         """Seal a reading; a channel value of None is sent as its "no valid value" code."""
-        t = _NO_TEMPERATURE if temperature_c is None else _fixed(temperature_c, -32767, 32767, "temperature")
-        h = _NO_HUMIDITY if humidity_rh is None else _fixed(humidity_rh, 0, 65534, "humidity")
-        p = _NO_PRESSURE if pressure_pa is None else _fixed(pressure_pa, 0, 0xFFFFFFFE, "pressure")
+        t = _NO_TEMPERATURE if temperature_c is None else _fixed(temperature_c, _T_RANGE, "temperature")
+        h = _NO_HUMIDITY if humidity_rh is None else _fixed(humidity_rh, _H_RANGE, "humidity")
+        p = _NO_PRESSURE if pressure_pa is None else _fixed(pressure_pa, _P_RANGE, "pressure")
         _check(alarm_bits, 0x3F, "alarm bits")
         _check(sensor_status, 0x0F, "sensor status")
         self._check_time(timestamp, time_quality)
@@ -110,8 +127,8 @@ class Sealer:
         """Seal an alarm transition; transition bit 0 = raised, bit 1 = high limit; value/limit in channel units."""
         _check(channel, 2, "channel")
         _check(transition, 3, "transition")
-        v = _fixed(value, -0x80000000, 0x7FFFFFFF, "value")
-        lim = _fixed(limit, -0x80000000, 0x7FFFFFFF, "limit")
+        v = _fixed(value, _I32_RANGE, "value")
+        lim = _fixed(limit, _I32_RANGE, "limit")
         self._check_time(timestamp, time_quality)
         struct.pack_into(">IBBBii", self._buf, _CT, timestamp, time_quality, channel, transition, v, lim)
         return self._seal(_TYPE_ALARM, 15, boot, seq, iv)
@@ -138,11 +155,18 @@ class Sealer:
             buf[i] = pad
         struct.pack_into(">BBHHI", buf, 0, _VERSION, type_, self._key_id, boot, seq)
         mv[_HEADER:_CT] = iv
-        ct = mv[_CT:end]
-        cryptolib.aes(self._enc_key, _AES_CBC, iv).encrypt(ct, ct)
+        # CBC: each plaintext block XOR the previous ciphertext block (the IV for the first), then AES.
+        aes = self._aes
+        for b in range(_CT, end, _BLOCK):
+            for i in range(b, b + _BLOCK):
+                buf[i] ^= buf[i - _BLOCK]
+            block = self._block if b == _CT else mv[b:b + _BLOCK]
+            aes.encrypt(block, block)
         inner = hashlib.sha256(self._inner)
-        inner.update(mv[:end])
+        inner.update(self._signed if end == _ONE_BLOCK else mv[:end])
         outer = hashlib.sha256(self._opad)
         outer.update(inner.digest())
-        mv[end:end + _TAG] = memoryview(outer.digest())[:_TAG]
-        return mv[:end + _TAG]
+        tag = outer.digest()
+        for i in range(_TAG):
+            buf[end + i] = tag[i]
+        return self._message if end == _ONE_BLOCK else mv[:end + _TAG]

@@ -13,7 +13,6 @@ by this batch), and the journal is removed once a run ends without failures.
 import csv
 import hashlib
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -26,7 +25,8 @@ from .fleet import iso, utcnow
 from .inventory import Inventory
 from .progress import Progress
 from .provision import (Action, DEFAULT_OVERLAP_DAYS, Pending, Settings, check_board_name, check_settings,
-                        parse_host_port, parse_interval, provision, read_psk, read_thresholds)
+                        parse_host_port, parse_interval, provision, read_psk, read_thresholds, tidy,
+                        has_leftovers)
 
 REQUIRED = ("node_id", "port")
 OPTIONAL = ("board", "broker", "server_name", "wifi_ssid", "wifi_psk_file", "interval", "thresholds",
@@ -157,9 +157,12 @@ def _skip_reason(fleet, row, rotate, journal):
         return None
     if node["status"] == "revoked":
         return None  # provision() reports it as a failure with the fix
+    if has_leftovers(fleet, row.node_id):
+        tidy(fleet, row.node_id)  # an earlier run was killed right after its commit, or while cleaning up
     pending = Pending.dir_for(fleet, row.node_id).exists()
     if not rotate:
-        return "already provisioned"
+        return "already provisioned" + (" (a rotation of it is unfinished: run `fieldnode rotate %s`)"
+                                        % row.node_id if pending else "")
     if not pending and node["cert_serial"] != journal["serials"].get(row.node_id):
         return "rotated earlier in this batch"
     return None

@@ -26,6 +26,7 @@ Crash safety — the order of a provisioning, and what a re-run does after a kil
 5. the board is reset so it boots into the new identity; an audit record closes the action, also when
    it failed (result "failed: <reason>").
 """
+import datetime
 import fcntl
 import hashlib
 import json
@@ -33,9 +34,8 @@ import os
 import re
 import shutil
 import tempfile
-import datetime
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import audit, boards, nodeconfig, pki
@@ -206,7 +206,12 @@ class Pending:
         fleet.save_payload_key(self.node_id, self.key_id, self.payload_key)
 
     def remove(self):
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Gone in one rename (a kill cannot leave half a directory), then deleted; a leftover of a kill
+        is deleted by the next command on the node (node_lock)."""
+        tomb = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=".%s." % self.node_id))
+        os.rename(self.path, tomb / "x")
+        _fsync_dir(self.path.parent)
+        shutil.rmtree(tomb, ignore_errors=True)
 
 
 def _fsync_dir(path):
@@ -442,17 +447,13 @@ def _provision_locked(fleet, inv, node_id, port, settings, act, *, rotate, exist
     if node and node["status"] == "revoked":
         raise RevokedNode(f"{node_id} was revoked on {node['revoked_at']}: node ids are never reused, "
                           "provision this board under a new node id")
-    pending = Pending.load(fleet, node_id)
-    if pending and node and pending.serial == node["cert_serial"]:
-        # Committed by a run killed before it cleaned up: finish that run's last steps.
-        _after_commit(fleet, inv, node_id, pending.key_id, pending.kind, overlap_days, revoke_old, ca_loader)
-        pending.remove()
-        pending = None
+    pending = _finish_committed(fleet, inv, node, Pending.load(fleet, node_id), overlap_days, revoke_old,
+                                ca_loader)
     established = node is not None and node["status"] in ("provisioned", "rotated")
     if established and not rotate:
         raise AlreadyProvisioned(f"{node_id} is already provisioned (certificate {node['cert_serial'][:12]}…, "
                                  f"{node['provisioned_at']}): use `fieldnode rotate {node_id} --port {port}` "
-                                 "for new keys")
+                                 "(or provision --rotate) for new keys")
     if existing_only and not established:
         raise ProvisionError(f"{node_id} is not provisioned yet: use `fieldnode provision {node_id} --port {port}`")
     kind = "rotate" if established else "provision"
@@ -550,6 +551,31 @@ def _check_identity(inv, node_id, port, mac, on_board, existing_only):
         if others:
             raise ProvisionError(f"the board on {port} (MAC {mac}) is already {others[0]} of this fleet: revoke "
                                  f"{others[0]} first (`fieldnode revoke {others[0]}`) or use another board")
+
+
+def _finish_committed(fleet, inv, node, pending, overlap_days=DEFAULT_OVERLAP_DAYS, revoke_old=False,
+                      ca_loader=None):
+    """A pending directory whose certificate is already the node's: a run was killed after its commit.
+    Finish that run's last steps and remove it; return the pending material still to use, if any."""
+    if pending and node and pending.serial == node["cert_serial"]:
+        _after_commit(fleet, inv, node["node_id"], pending.key_id, pending.kind, overlap_days, revoke_old,
+                      ca_loader)
+        pending.remove()
+        return None
+    return pending
+
+
+def tidy(fleet, node_id):
+    """Finish a provisioning that was committed but killed before it cleaned up (the batch calls this for
+    the rows it skips). Returns True if there was something to finish. Never issues anything."""
+    with node_lock(fleet, node_id), Inventory(fleet.inventory_db) as inv:  # (the lock clears leftovers)
+        pending = Pending.load(fleet, node_id)
+        return pending is not None and _finish_committed(fleet, inv, inv.get(node_id), pending) is None
+
+
+def has_leftovers(fleet, node_id):
+    """Is there a pending directory, or a leftover of a killed run, for this node?"""
+    return Pending.dir_for(fleet, node_id).exists() or any(fleet.pending_dir.glob(".%s.*" % node_id))
 
 
 def _after_commit(fleet, inv, node_id, key_id, kind, overlap_days, revoke_old, ca_loader):

@@ -160,6 +160,47 @@ def test_rotation_gives_new_keys_and_the_node_keeps_publishing(site, seen):
     assert set(KeyRing(site.fleet).get("node-b")) == {1, 2}  # the overlap
 
 
+# -- 3b. the one-liner: flash -> deploy -> provision ------------------------------------------------------
+
+def test_bringup_flashes_deploys_and_provisions_in_one_command(site, seen, tmp_path):
+    from fieldnode.bench.esp_image import build_image
+    from fieldnode.bench.vbootloader import VBootloaderProcess
+
+    image = build_image("esp32", 64 * 1024)
+    fw = tmp_path / "ESP32_GENERIC.bin"
+    fw.write_bytes(image)
+    backing = tmp_path / "flash.bin"
+    backing.write_bytes(b"\xa5" * (512 * 1024))
+    loader = VBootloaderProcess("esp32", backing, mac="24:0a:c4:00:00:0c", log=tmp_path / "vbootloader.log")
+    loader.start()
+    (vb,) = start_vboards([site.dir / "fs-node-c"])  # the bench's two emulators: ROM loader and MicroPython
+    pids = [loader.pid, vb.pid]
+    try:
+        # refused before anything is flashed: node-b exists
+        site.cli("bringup", "node-b", "--port", loader.url, "--repl-port", vb.port, "--firmware", fw,
+                 "--board", "unix", code=1)
+        assert backing.read_bytes() == b"\xa5" * (512 * 1024)
+        proc = site.cli("bringup", "node-c", "--port", loader.url, "--repl-port", vb.port, "--firmware", fw,
+                        "--board", "unix", "--interval", INTERVAL, "--json", "--operator", "tech-3")
+        res = json.loads(proc.stdout)
+        assert backing.read_bytes()[0x1000:0x1000 + len(image)] == image  # at the ESP32's offset
+        assert res["flash"]["verified"] and res["deploy"]["first_line"].startswith("fieldnode:")
+        assert res["provision"]["result"] == "provisioned"
+        site.cli(*_broker_config_args(site))
+        site.broker.reload()
+        got = wait_readings(seen, "node-c", 2)
+        assert {m.key_id for m in got} == {res["provision"]["key_id"]}
+        records = json.loads(site.cli("audit", "show", "--json").stdout)[-5:]
+        assert [(r["action"], r["result"]) for r in records] == [
+            ("flash", "ok"), ("deploy", "ok"), ("provision", "ok"), ("bringup", "ok"), ("broker-config", "ok")]
+        assert [r["node"] for r in records[:4]] == ["node-c", None, "node-c", "node-c"]  # (deploy: no id yet)
+        assert records[1]["details"]["port"] == vb.port and records[3]["sha256"]["firmware"] == res["flash"]["sha256"]
+    finally:
+        vb.stop()
+        loader.stop()
+    assert not [p for p in pids if pid_exists(p)]
+
+
 # -- 4. the audit trail -----------------------------------------------------------------------------------
 
 def test_audit_verify_passes_then_names_the_tampered_record(site, tmp_path):
@@ -168,7 +209,8 @@ def test_audit_verify_passes_then_names_the_tampered_record(site, tmp_path):
     records = json.loads(site.cli("audit", "show", "--json").stdout)
     assert [r["action"] for r in records][:7] == ["ca init", "broker-config", "deploy", "deploy", "provision",
                                                   "provision", "broker-config"]
-    prov = [r for r in records if r["action"] == "provision"]
+    prov = [r for r in records if r["action"] == "provision" and r["node"] in NODES]
+    assert len(prov) == 2
     assert all(r["mac"] and r["sha256"]["config"] and r["operator"] == "tech-1" for r in prov)
     copy = copy_fleet(site.fleet.root, tmp_path / "fleet-copy")
     log = copy / "audit.log"

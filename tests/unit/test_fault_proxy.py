@@ -177,13 +177,13 @@ def test_blackhole_up_only_holds_what_the_node_sends(upstream):
 
 
 def test_latency_delays_each_direction_and_keeps_order(proxy, upstream):
-    proxy.latency(150, "both")
+    proxy.latency(250, "both")
     with connect(proxy) as s:
         start = time.monotonic()
         s.sendall(b"x")
         assert recv_exactly(s, 1) == b"x"
         rtt = time.monotonic() - start
-        assert rtt >= 0.3, rtt  # 150 ms up + 150 ms down
+        assert rtt >= 0.5, rtt  # 250 ms up + 250 ms down
         for i in range(20):
             s.sendall(b"%02d" % i)
         assert recv_exactly(s, 40) == b"".join(b"%02d" % i for i in range(20))
@@ -191,7 +191,7 @@ def test_latency_delays_each_direction_and_keeps_order(proxy, upstream):
         start = time.monotonic()
         s.sendall(b"y")
         assert recv_exactly(s, 1) == b"y"
-        assert time.monotonic() - start < 0.15
+        assert time.monotonic() - start < 0.25  # half of one delayed round trip
 
 
 def test_a_dead_upstream_resets_the_node(upstream):

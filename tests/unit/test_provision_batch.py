@@ -190,3 +190,29 @@ def test_rows_without_a_board_column_use_the_defaults(fleet, tmp_path, bench):
     import json
     cfg = json.loads(bench.boards["/dev/ttyV0"].fs["config.json"])
     assert cfg["interval_s"] == 2 and cfg["board"]["name"] == "unix"
+
+
+def test_a_row_killed_after_its_commit_is_tidied_by_the_rerun(fleet, tmp_path, bench, monkeypatch):
+    path = standard_csv(tmp_path, 3)
+    removed = []
+
+    def remove_then_die(self):
+        removed.append(self.node_id)
+        if len(removed) == 2:  # row 2 committed, its pending copy not yet removed
+            os.kill(os.getpid(), signal.SIGKILL)
+        shutil.rmtree(self.path)
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            monkeypatch.setattr(Pending, "remove", remove_then_die)
+            run(fleet, path, bench)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert Pending.dir_for(fleet, "n-01").exists()
+    summary, reports = run(fleet, path, bench)
+    assert {r["node_id"]: r["result"] for r in reports} == {"n-00": "skipped", "n-01": "skipped",
+                                                            "n-02": "provisioned"}
+    assert not Pending.dir_for(fleet, "n-01").exists()  # no copy of its secrets left behind
+    assert certs_per_node(fleet) == {"n-00": 1, "n-01": 1, "n-02": 1}

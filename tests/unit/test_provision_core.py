@@ -373,3 +373,19 @@ def test_ca_init_makes_the_three_certificates_and_records_them(tmp_path):
     assert len(list(fleet.issued_dir.glob("*.pem"))) == 2
     assert pki.load_crl(fleet.crl).is_signature_valid(ca_cert.public_key())
     assert not list(fleet.root.glob(".ca-init-*"))
+
+
+def test_killed_while_removing_the_pending_copy_leaves_no_half_directory(fleet, bench, monkeypatch):
+    import fieldnode.provision as provision_mod
+
+    def child():
+        monkeypatch.setattr(provision_mod.shutil, "rmtree", lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL))
+        provision(fleet, "node-1", PORT, BENCH, open_board=bench.open)
+
+    assert os.WIFSIGNALED(_run_killed(child))
+    assert not Pending.dir_for(fleet, "node-1").exists()  # gone in one rename
+    leftovers = list(fleet.pending_dir.glob(".node-1.*"))
+    assert leftovers  # the renamed copy, still holding key material ...
+    with pytest.raises(AlreadyProvisioned):
+        provision(fleet, "node-1", PORT, BENCH, open_board=bench.open)
+    assert not list(fleet.pending_dir.glob(".node-1.*"))  # ... deleted by the next command on the node

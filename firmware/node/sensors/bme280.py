@@ -86,13 +86,23 @@ class BME280:
 
         tp = i2c.readfrom_mem(address, _REG_CALIB_TP, 26)
         h = i2c.readfrom_mem(address, _REG_CALIB_H, 7)
-        (self._t1, self._t2, self._t3,
-         self._p1, self._p2, self._p3, self._p4, self._p5, self._p6, self._p7, self._p8, self._p9) = \
-            struct.unpack_from("<HhhHhhhhhhhh", tp)
+        t1, self._t2, self._t3, self._p1, self._p2, self._p3, p4, self._p5, self._p6, self._p7, self._p8, \
+            self._p9 = struct.unpack_from("<HhhHhhhhhhhh", tp)
         self._h1 = tp[25]
-        self._h2, self._h3, e4, e5, e6, self._h6 = struct.unpack("<hBbBbb", h)
-        self._h4 = e4 * 16 + (e5 & 0x0F)  # e4, e6 are signed: H4, H5 are signed 12-bit
-        self._h5 = e6 * 16 + (e5 >> 4)
+        h2, h3, e4, e5, e6, h6 = struct.unpack("<hBbBbb", h)
+        h4 = e4 * 16 + (e5 & 0x0F)  # e4, e6 are signed: H4, H5 are signed 12-bit
+        h5 = e6 * 16 + (e5 >> 4)
+        # The formulas' terms that depend on the calibration only are worked out here, once (every float
+        # operation allocates), as the very operations read() would do: the results are the same to the last
+        # bit. Only these are kept, not the words they come from (an object with more than 29 attributes
+        # takes a larger block).
+        self._t1_16 = t1 * 16
+        self._p4_65536 = p4 * 65536.0
+        self._h4_64 = h4 * 64.0
+        self._h5_16384 = h5 / 16384.0
+        self._h2_65536 = h2 / 65536.0
+        self._h6_2_26 = h6 / 67108864.0
+        self._h3_2_26 = h3 / 67108864.0
 
         # Sleep mode; ctrl_hum only takes effect with the ctrl_meas write that follows it.
         i2c.writeto_mem(address, _REG_CTRL_HUM, self._start[0:1])
@@ -121,9 +131,13 @@ class BME280:
         adc_t = d[3] << 12 | d[4] << 4 | d[5] >> 4
         adc_h = d[6] << 8 | d[7]
 
-        # Temperature; t_fine carries it into the other two channels.
-        x = adc_t / 16384.0 - self._t1 / 1024.0
-        y = adc_t / 131072.0 - self._t1 / 8192.0
+        # Temperature; t_fine carries it into the other two channels. The datasheet's
+        # adc_t / 16384.0 - t1 / 1024.0 and adc_t / 131072.0 - t1 / 8192.0, each a difference of two exact
+        # quotients by powers of two that is itself exact (21 bits): the same values as below, where the
+        # difference is taken in integers first.
+        dt = adc_t - self._t1_16
+        x = dt / 16384.0
+        y = dt / 131072.0
         x = x * self._t2 + y * y * self._t3
         t_fine = int(x)
         temperature = x / 5120.0
@@ -131,7 +145,7 @@ class BME280:
         # Pressure
         x = t_fine / 2.0 - 64000.0
         y = x * x * self._p6 / 32768.0 + x * self._p5 * 2.0
-        y = y / 4.0 + self._p4 * 65536.0
+        y = y / 4.0 + self._p4_65536
         x = (self._p3 * x * x / 524288.0 + self._p2 * x) / 524288.0
         x = (1.0 + x / 32768.0) * self._p1
         if x == 0:
@@ -141,8 +155,8 @@ class BME280:
 
         # Humidity, clamped to 0..100 as the datasheet does
         x = t_fine - 76800.0
-        h = (adc_h - (self._h4 * 64.0 + self._h5 / 16384.0 * x)) * (
-            self._h2 / 65536.0 * (1.0 + self._h6 / 67108864.0 * x * (1.0 + self._h3 / 67108864.0 * x)))
+        h = (adc_h - (self._h4_64 + self._h5_16384 * x)) * (
+            self._h2_65536 * (1.0 + self._h6_2_26 * x * (1.0 + self._h3_2_26 * x)))
         h = h * (1.0 - self._h1 * h / 524288.0)
         humidity = 0.0 if h < 0.0 else 100.0 if h > 100.0 else h
 

@@ -16,8 +16,8 @@ What a board does, the virtual board does:
   `sys.exit()`) is a soft reset: "MPY: soft reboot" and a new interpreter, back in the raw REPL if it was
   in it (boot.py runs, main.py does not — mpremote relies on this). Any other exit (`machine.reset()` is
   `sys.exit(3)`, a crash, a kill) is a hard reset: a line "vboard: hard reset (...)", then a friendly boot.
-- **Ctrl-C** from the host interrupts running code (the pty is the interpreter's controlling terminal,
-  and the Unix port turns SIGINT into KeyboardInterrupt); at a prompt it is an ordinary REPL key.
+- **Ctrl-C** from the host interrupts running code (the vboard sends the interpreter SIGINT, which the Unix
+  port raises as KeyboardInterrupt); at a prompt it is an ordinary REPL key.
 - **Identity.** A stable fake MAC (locally administered, derived from DIR's path, or --mac):
   `machine.unique_id()` returns its 6 bytes as an ESP32's returns its base MAC. `machine` on the board is
   the Unix port's plus unique_id(), reset(), reset_cause().
@@ -71,15 +71,6 @@ MAX_TO_BOARD = 64 * 1024  # host bytes buffered before the vboard stops reading 
 QUICK_EXIT_S = 1.0  # an interpreter that dies this soon after starting counts towards a boot loop
 BOOT_LOOP_DELAY_S = 1.0  # ... and after 3 of those in a row, restarts are spaced by this much
 
-# A session leader that opens a terminal gets it as its controlling terminal: then the interpreter receives
-# SIGINT for a Ctrl-C typed on the host side (the Unix port raises KeyboardInterrupt). A tiny exec helper
-# instead of preexec_fn, which is unsafe in a process with threads (the sensor bus serves from threads).
-_TTY_EXEC = ("import os,sys\n"
-             "fd=os.open(sys.argv[1],os.O_RDWR)\n"
-             "[os.dup2(fd,n) for n in (0,1,2)]\n"
-             "fd>2 and os.close(fd)\n"
-             "os.execv(sys.argv[2],sys.argv[2:])\n")
-
 
 class VBoardError(FieldnodeError):
     pass
@@ -123,18 +114,18 @@ class _OneBusServer(I2CBusServer):
 
 
 def _board_tty(fd):
-    """The interpreter's side of the pty: bytes pass untouched (no echo, no CR/LF mapping, no XON/XOFF),
-    except Ctrl-C, which raises SIGINT while code runs. The Unix port switches to raw mode (lflag 0) at its
-    prompts and back to these settings while it executes. Returns (executing, prompt) attribute lists."""
+    """The interpreter's side of the pty: bytes pass untouched (no echo, no CR/LF mapping, no XON/XOFF, no
+    signal keys). Returns the (executing, prompt) attribute lists: the Unix port itself switches to raw mode
+    (lflag 0) at its prompts and back to the first while it executes, so ISIG in lflag tells the vboard that
+    code runs (the key itself is disabled: the vboard turns a host's Ctrl-C into SIGINT, see _feed_board)."""
     attr = termios.tcgetattr(fd)
     attr[0] = 0  # iflag
     attr[1] = 0  # oflag
-    attr[3] = termios.ISIG | termios.NOFLSH  # lflag: no ICANON/ECHO/IEXTEN; keep queued input on Ctrl-C
+    attr[3] = termios.ISIG | termios.NOFLSH  # lflag: no ICANON/ECHO/IEXTEN
     cc = attr[6]
-    cc[termios.VINTR] = 3
-    for name in ("VQUIT", "VSUSP", "VDSUSP", "VLNEXT", "VDISCARD"):
+    for name in ("VINTR", "VQUIT", "VSUSP", "VDSUSP", "VLNEXT", "VDISCARD"):
         if hasattr(termios, name):
-            cc[getattr(termios, name)] = 0
+            cc[getattr(termios, name)] = 0  # _POSIX_VDISABLE
     cc[termios.VMIN], cc[termios.VTIME] = 1, 0
     termios.tcsetattr(fd, termios.TCSANOW, attr)
     prompt = list(attr)
@@ -369,9 +360,8 @@ class VirtualBoard:
             "FIELDNODE_VBOARD_BUS": self.bus_name,
         }
         argv = [paths.micropython_exe(), "-X", "heapsize=" + self.heapsize, "-i", str(BOOT_SCRIPT)]
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _TTY_EXEC, os.ttyname(slave)] + argv,
-                                     cwd=self.fs, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(argv, cwd=self.fs, env=env, stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True)
         self._child_master, self._child_slave = master, slave
         try:
             self._pidfd = os.pidfd_open(self.proc.pid)
@@ -499,7 +489,7 @@ class VirtualBoard:
             if self._master in writable:
                 self._write(self._master, self._to_host)
             if child is not None and child in writable and self._child_master is not None:
-                self._write(child, self._to_board)
+                self._feed_board()
             if self.proc is not None and self.proc.poll() is not None:
                 self._reap()
             elif self._gate == "prompt" and termios.tcgetattr(self._child_slave)[3] == 0:
@@ -523,7 +513,8 @@ class VirtualBoard:
 
     def _trace(self, what, data):
         if self.trace:
-            self.log("vboard trace: %.3f pid %s %s %r" % (time.monotonic(), self.proc and self.proc.pid, what, data))
+            self.log("vboard trace: %.3f pid %s %s %r"
+                     % (time.monotonic(), self.proc and self.proc.pid, what, data))
 
     def _read_child(self):
         try:
@@ -550,17 +541,39 @@ class VirtualBoard:
             os.write(self._ack_fd, b"k")
             self._acks += 1
 
+    def _feed_board(self):
+        """The host's bytes to the interpreter. A Ctrl-C while code runs is an interrupt, as a board's UART
+        handler makes it: SIGINT (which the Unix port raises as KeyboardInterrupt), sent here rather than by
+        the terminal so that it reaches the interpreter before anything that follows; at a prompt it is a key."""
+        buf = self._to_board
+        while buf and self._gate == "open":
+            i = buf.find(b"\x03")
+            if i != 0:
+                end = len(buf) if i < 0 else i
+                n = self._write(self._child_master, buf, end)
+                if n < end:
+                    return
+                continue
+            if termios.tcgetattr(self._child_slave)[3] & termios.ISIG:
+                self._trace("interrupt", self.proc.pid)
+                os.kill(self.proc.pid, signal.SIGINT)
+                del buf[:1]
+            elif not self._write(self._child_master, buf, 1):
+                return
+
     @staticmethod
-    def _write(fd, buf):
+    def _write(fd, buf, end=None):
+        """Write buf[:end] (all of it by default), drop what went out; return how many bytes that was."""
         try:
-            n = os.write(fd, buf)
+            n = os.write(fd, buf if end is None else buf[:end])
         except (BlockingIOError, InterruptedError):
-            return
+            return 0
         except OSError as exc:
             if exc.errno == errno.EIO:
-                return
+                return 0
             raise
         del buf[:n]
+        return n
 
 
 def run(fs, board="unix", sensor_bus=None, bus=None, mac=None, heapsize="512k", out=None, err=None):

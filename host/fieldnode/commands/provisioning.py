@@ -197,3 +197,59 @@ def do_revoke(args):
     config_dir = fleet.broker_info().get("config_dir")
     print("next: fieldnode broker-config --out %s, then reload mosquitto (SIGHUP) so new connections see it"
           % (config_dir or "DIR"))
+
+
+@command("bringup", "flash MicroPython, deploy the node firmware and provision the node: the one-liner")
+@fleet_arg
+@arg("node_id", metavar="NODE_ID")
+@arg("--port", required=True, metavar="PORT", help="the board's serial port (ROM loader for flashing)")
+@arg("--firmware", required=True, metavar="FILE.bin", help="the MicroPython .bin for the board's chip")
+@arg("--repl-port", metavar="PORT", help="MicroPython's port after flashing (default: --port; the bench has two)")
+@settings_args
+@arg("--erase", action="store_true", help="erase the whole flash first")
+@arg("--skip-flash", action="store_true", help="MicroPython is already on the board: deploy and provision only")
+@arg("--rotate", action="store_true", help="the node is already provisioned: bring it up with new keys")
+@passphrase_arg
+@operator_arg
+@arg("--json", action="store_true", help='one JSON object {"node_id", "flash", "deploy", "provision"}')
+def do_bringup(args):
+    from .. import ca
+    from ..bringup import bringup
+    from ..fleet import Fleet, resolve
+    from ..progress import Progress
+
+    fleet = Fleet(resolve(args.fleet))
+    fleet.require_ca()
+    settings = _settings(args)
+    bars = {}
+
+    def progress(name):
+        def update(done, total):
+            if name not in bars:
+                bars[name] = Progress(total, name)
+            bars[name].update(done)
+            if done >= total:
+                bars.pop(name).close()
+        return update
+
+    steps = []
+    try:
+        res = bringup(fleet, args.node_id, args.port, args.firmware, settings, repl_port=args.repl_port,
+                      operator=args.operator, erase=args.erase, skip_flash=args.skip_flash, rotate=args.rotate,
+                      passphrase=ca.read_passphrase(args.passphrase_file, prompt=True),
+                      flash_progress=progress("flashing"), deploy_progress=progress("deploying"),
+                      on_step=steps.append)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if args.json:
+        print(json.dumps(res, sort_keys=True, default=str))
+        return
+    if res["flash"]:
+        f = res["flash"]
+        print("flashed   %s %s on %s: %d bytes at %#x, verified" % (f["chip"], f["mac"], f["port"],
+                                                                     f["bytes_written"], f["offset"]))
+    d = res["deploy"]
+    print("deployed  app %s…: %d file(s) copied, %d already there" % (d["app_sha256"][:16], len(d["files_copied"]),
+                                                                      len(d["files_skipped"])))
+    _print_result(res["provision"], False)
