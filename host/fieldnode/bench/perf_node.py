@@ -26,11 +26,13 @@ from pathlib import Path
 
 from .. import deploy, paths
 from .bme280_emu import BME280Emulator
+from .faults import DOWN, UP, FaultProxy
 from .rig import Rig
 
 HARNESS = Path(__file__).resolve().parent / "mpy"
 NODE_ID = "perf-node"
 BARE_ID = "perf-bare"
+WIRE_ID = "perf-wire"  # the node again, behind a relay that counts the bytes
 _LINE = re.compile(r"^perf: (\S+) ?(.*)$")
 _COLLECTED = re.compile(r"==\d+== Collected : (\d+)")
 
@@ -68,6 +70,7 @@ class NodeBench:
     def __init__(self, workdir):
         self.workdir = Path(workdir)
         self.rig = None
+        self.proxy = None
         self.build = None
         self.micropypath = None
 
@@ -84,13 +87,18 @@ class NodeBench:
                            cwd=src.parent, check=True, capture_output=True, timeout=60)
         self.micropypath = os.pathsep.join([".frozen", str(harness), str(self.build.folder / "app"),
                                             str(self.build.folder / "lib")])
-        self.rig = Rig(self.workdir / "rig", [NODE_ID, BARE_ID], autostart=[]).start()
-        for node_id in (NODE_ID, BARE_ID):
-            self.rig.add_node(node_id, start=False)
+        self.rig = Rig(self.workdir / "rig", [NODE_ID, BARE_ID, WIRE_ID], autostart=[]).start()
+        self.proxy = FaultProxy("127.0.0.1", self.rig.broker.port, name=WIRE_ID).start()
+        for node_id in (NODE_ID, BARE_ID, WIRE_ID):
+            port = self.proxy.port if node_id == WIRE_ID else None
+            self.rig.add_node(node_id, start=False, broker_port=port)
             self.rig.bus.bus(node_id).attach(0x76, NoisyBME280())
         return self
 
     def stop(self):
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
         if self.rig is not None:
             self.rig.stop()
             self.rig = None
@@ -119,10 +127,10 @@ class NodeBench:
             cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"] + cmd
         return cmd
 
-    def run(self, mode, cycles, heap_kib=512, valgrind=False, timeout=600):
+    def run(self, mode, cycles, heap_kib=512, valgrind=False, timeout=600, node_id=NODE_ID):
         """Run the harness in the node's folder; its "perf:" lines as a dict (fault lines as a list)."""
-        self.fresh()
-        return self._run(self.command("perf_node", [mode, cycles], heap_kib, valgrind), NODE_ID, timeout)
+        self.fresh(node_id)
+        return self._run(self.command("perf_node", [mode, cycles], heap_kib, valgrind), node_id, timeout)
 
     def run_bare(self, cycles, qos=1, heap_kib=512, valgrind=False, timeout=600):
         bus_host, bus_port = self.rig.bus.address
@@ -218,6 +226,20 @@ class NodeBench:
         mqtt = per.get("mqtt", 0)
         return {"alloc_per_cycle_bytes": round(total - mqtt), "alloc_per_cycle_total_bytes": round(total),
                 "alloc_parts_bytes": {k: round(v) for k, v in per.items()}, "cycles": n}
+
+    def tls_bytes(self, short=20, long=220):
+        """TCP payload bytes per reading each way between the node and mosquitto (TLS records carrying the
+        PUBLISH and the PUBACK), through a counting relay: the difference between a long and a short run."""
+        counts = {}
+        for n in (short, long):
+            before = dict(self.proxy.forwarded)
+            r = self.run("run", n, node_id=WIRE_ID, timeout=120)
+            if r["faults"]:
+                return {"tls_bytes_per_reading": None, "faults": r["faults"][:3]}
+            counts[n] = {d: self.proxy.forwarded[d] - before[d] for d in (UP, DOWN)}
+        up = (counts[long][UP] - counts[short][UP]) / (long - short)
+        down = (counts[long][DOWN] - counts[short][DOWN]) / (long - short)
+        return {"tls_bytes_per_reading": round(up + down), "tls_bytes_up": round(up), "tls_bytes_down": round(down)}
 
     def cycle_cost(self, which, cycles, valgrind):
         """Instructions (valgrind) or CPU seconds of `cycles` cycles of the node or the bare script, the

@@ -12,7 +12,24 @@ import sys
 
 from node.hal.sockbus import SocketI2C
 from node.sensors.bme280 import BME280
+import umqtt.simple
 from umqtt.simple import MQTTClient
+
+
+class _NoDelay:
+    # umqtt.simple's socket module, with TCP_NODELAY on each new socket as node/link.py sets it: otherwise every
+    # publish waits ~40 ms for the broker's delayed ACK (the time is idle, not work, but it slows the bench)
+    def __init__(self, mod):
+        self._mod = mod
+        self.getaddrinfo = mod.getaddrinfo
+
+    def socket(self, *args):
+        s = self._mod.socket(*args)
+        s.setsockopt(6, 1, 1)
+        return s
+
+
+umqtt.simple.socket = _NoDelay(umqtt.simple.socket)
 
 
 def _read(name):
