@@ -48,8 +48,13 @@ def write_broker_config(fleet, out, port=DEFAULT_PORT, bind=DEFAULT_BIND, run_as
             "crl.pem": (crl_path.read_bytes(), 0o644),
             "acl": (render_acl(nodes).encode(), 0o644),
         }
+        # Persistence on: ingest's QoS 1 session and the messages queued for it must survive a broker
+        # restart, or nodes that reconnect first get PUBACKs for messages nobody will receive
+        # (measured: docs/reliability.md, broker-outage with broker_persistence=false).
+        (out / "persist").mkdir(mode=0o700, parents=True, exist_ok=True)
         conf = render_config(port, out / "ca.pem", out / "server.pem", out / "server.key", out / "acl",
-                             crlfile=out / "crl.pem", log_file=log_file, bind=bind, run_as=run_as)
+                             crlfile=out / "crl.pem", log_file=log_file, bind=bind, run_as=run_as,
+                             persistence_dir=out / "persist")
         # The listener's files first, the config last: a broker (re)started at any moment finds a whole set.
         for name, (data, mode) in files.items():
             pki.atomic_write(out / name, data, mode)

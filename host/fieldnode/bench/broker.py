@@ -112,9 +112,13 @@ def render_config(port: int, cafile: str | os.PathLike, certfile: str | os.PathL
               "allow_anonymous false",
               "acl_file " + p["acl_file"]]
     if persistence_dir:
-        lines += ["persistence true", "persistence_location %s/" % p["persistence_dir"].rstrip("/")]
+        # autosave every few seconds: a broker crash loses at most that much of the queued messages
+        lines += ["persistence true", "persistence_location %s/" % p["persistence_dir"].rstrip("/"),
+                  "autosave_interval 5"]
     else:
         lines.append("persistence false")
+    # The default (1000 per client) would drop messages queued for an ingest that is down for a while.
+    lines.append("max_queued_messages 1000000")
     lines += ["log_dest " + ("file " + p["log_file"] if log_file else "stderr"),
               "log_timestamp_format %Y-%m-%dT%H:%M:%S"]
     lines += ["log_type " + t for t in log_types]
