@@ -395,7 +395,6 @@ def load_config(path="config.json"):
         log("config error:", exc)
         log("node halted: fix the config (fieldnode provision) and reset")
         cfg = None
-    mod = None
     _unload("node.config")
     return cfg
 

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.serialization import load_der_private_key
 
 from fieldnode import pki, protocol
 from fieldnode.bench.collector import Collector
-from fieldnode.bench.proxy import TcpProxy
+from fieldnode.bench.faults import FaultProxy
 from fieldnode.bench.rig import Rig
 from fieldnode.bench.vnode import VirtualNode
 
@@ -66,7 +66,7 @@ def test_both_nodes_publish_sealed_readings_that_verify(rig, seen):
 
 
 def test_no_plaintext_on_the_wire(rig, seen):
-    with TcpProxy("127.0.0.1", rig.broker.port) as proxy:
+    with FaultProxy("127.0.0.1", rig.broker.port, record=True) as proxy:
         node = rig.add_node("node-3", broker_port=proxy.port)
         wait_readings(seen, "node-3", 3)
         node.stop()

@@ -3,7 +3,7 @@ arrives afterwards, in order, none lost; power cuts (SIGKILL) reuse no sequence 
 a backlog on flash survives a power cut and is delivered after it."""
 import pytest
 
-from fieldnode.bench.proxy import TcpProxy
+from fieldnode.bench.faults import FaultProxy
 from fieldnode.bench.rig import Rig
 
 from link_helpers import ENV, Deliveries, check_complete, queued_at_least, start_node
@@ -25,7 +25,7 @@ def test_broker_outage_backlog_arrives_in_order_none_lost(rig):
     before the monitor has subscribed again would reach no one: the proxy holds the node's path closed until
     the new monitor is subscribed. The node sees the broker gone either way."""
     d = Deliveries()
-    with TcpProxy("127.0.0.1", rig.broker.port, record=False) as proxy:
+    with FaultProxy("127.0.0.1", rig.broker.port) as proxy:
         node = start_node(rig, "sf-1", broker_port=proxy.port)
         try:
             monitor = rig.monitor(**d.callbacks()).start()
@@ -37,10 +37,10 @@ def test_broker_outage_backlog_arrives_in_order_none_lost(rig):
                 monitor.stop()
             node.wait_for_line(r"publish of seq \d+ failed|broker unreachable", start=mark)
             queued = queued_at_least(node, 10, start=mark)
-            proxy.hold()
+            proxy.blackhole()
             rig.start_broker()
             with rig.monitor(**d.callbacks()):
-                proxy.release()
+                proxy.clear()
                 node.wait_for_line(r"connected to", start=mark)
                 last_queued = before + queued
                 d.wait_seq("sf-1", last_queued + 5, timeout=30)
@@ -59,7 +59,7 @@ def test_power_cuts_reuse_no_number_and_leave_no_gap(rig):
     """SIGKILL at arbitrary moments of the cycle, five times, one of them with a backlog on flash that the
     next boot delivers."""
     d = Deliveries()
-    with TcpProxy("127.0.0.1", rig.broker.port, record=False) as proxy, rig.monitor(**d.callbacks()):
+    with FaultProxy("127.0.0.1", rig.broker.port) as proxy, rig.monitor(**d.callbacks()):
         node = start_node(rig, "sf-2", broker_port=proxy.port)
         boots = []
         mark = 0
@@ -69,11 +69,11 @@ def test_power_cuts_reuse_no_number_and_leave_no_gap(rig):
                 if i == 3:  # a backlog on flash when the power goes
                     d.wait_more("sf-2", 2)
                     held = len(node.lines)
-                    proxy.hold()
+                    proxy.blackhole()
                     node.wait_for_line(r"publish of seq \d+ failed|broker unreachable", start=held)
                     queued_at_least(node, 5, start=held)
                     node.kill()
-                    proxy.release()
+                    proxy.clear()
                 else:
                     d.wait_more("sf-2", 3 + i)  # the cut lands wherever the cycle happens to be
                     node.kill()
@@ -102,8 +102,8 @@ def test_the_queue_on_flash_is_bounded_and_drops_are_reported(rig):
     """A small queue and a long outage: the oldest are dropped, the node says so on its console and on its
     status topic, and what it kept arrives; the dropped ones are the only gap."""
     d = Deliveries()
-    with TcpProxy("127.0.0.1", rig.broker.port, record=False) as proxy, rig.monitor(**d.callbacks()):
-        proxy.hold()
+    with FaultProxy("127.0.0.1", rig.broker.port) as proxy, rig.monitor(**d.callbacks()):
+        proxy.blackhole()
         node = start_node(rig, "sf-3", broker_port=proxy.port, queue={"records": 16, "replay": 20})
         try:
             dropped = node.wait_for_line(r"queue full \(16 records\): dropped seq (\d+) unsent, (\d+) dropped",
@@ -111,7 +111,7 @@ def test_the_queue_on_flash_is_bounded_and_drops_are_reported(rig):
             assert dropped.group(1) == "1"
             node.wait_for_line(r"dropped seq 5 unsent")
             mark = len(node.lines)
-            proxy.release()
+            proxy.clear()
             node.wait_for_line(r"connected to", start=mark)
             d.wait_for(lambda c: any(s[0] == "sf-3" and "dropped=" in s[1] for s in c.statuses), 20,
                        "the drops on the status topic")

@@ -22,7 +22,8 @@ either. The faults act at the TCP byte-stream level, above the kernel:
   (the link came back before TCP gave up); combine it with `drop` for a link that comes back too late.
 - **latency** delays every chunk in a direction by a fixed time, preserving order.
 
-Counters (`connections`, `forwarded`, `drops`) let a scenario show that a fault took effect.
+Counters (`connections`, `forwarded`, `drops`) let a scenario show that a fault took effect; with
+`record=True` the relay also keeps every byte it saw (`captured`), to check what crosses the wire.
 """
 import collections
 import select
@@ -63,9 +64,11 @@ class _Pair:
 
 
 class FaultProxy:
-    def __init__(self, target_host, target_port, name=""):
+    def __init__(self, target_host, target_port, name="", record=False):
         self.target = (target_host, target_port)
         self.name = name
+        self.record = record
+        self.captured = bytearray()  # with record=True: every byte received, both directions, in arrival order
         self.connections = 0  # accepted, including refused ones
         self.forwarded = {UP: 0, DOWN: 0}  # bytes passed on to the other side
         self.drops = 0  # connections cut by drop() or refused
@@ -208,6 +211,8 @@ class FaultProxy:
                         return
                     with self._lock:  # the delay in force now, not when this turn began
                         due = time.monotonic() + self._delay[d]
+                        if self.record:
+                            self.captured += data
                     pair.pending[d].append((due, data))
 
     def _flush(self, pair, direction, held):
