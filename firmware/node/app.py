@@ -333,7 +333,7 @@ class Node:
                     continue
                 if due < left:
                     left = due
-            sleep_ms(left)
+            (getattr(self.hal, "sleep_ms", None) or sleep_ms)(left)  # the platform's, if it has one
 
     def run(self, cycles=None):
         period = int(self.cfg.interval_s * 1000)

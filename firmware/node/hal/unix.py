@@ -38,6 +38,12 @@ class Platform:
     def feed_watchdog(self):
         pass
 
+    def sleep_ms(self, ms):
+        # The Unix port's time.sleep_ms() waits in 1 ms naps until the time is up: ~1000 wake-ups a second for
+        # an idle node, which is what limits how many virtual nodes a machine carries. time.sleep() waits in
+        # one system call. (A board's sleep_ms yields to its RTOS: the ESP32 platform has no such method.)
+        time.sleep(ms / 1000)
+
     def status_led(self, on):
         pass
 

@@ -140,6 +140,13 @@ class _Progress:
         self.ready.set()
 
 
+def _affinity():
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+
+
 def _pin(pid, cpu):
     try:
         if os.cpu_count() and os.cpu_count() > 1:
@@ -185,6 +192,7 @@ def ingest_figures(workdir, messages=20000, rounds=5, nodes=20, window=600, log=
     per_node = max(1, messages // nodes)
     rig = Rig(workdir / "rig", node_ids, autostart=[]).start()
     publisher = None
+    cpus = _affinity()
     try:
         _pin(os.getpid(), PUB_CPU)
         _pin(rig.broker.pid, PUB_CPU)
@@ -221,6 +229,8 @@ def ingest_figures(workdir, messages=20000, rounds=5, nodes=20, window=600, log=
         if publisher is not None:
             publisher.close()
         rig.stop()
+        if cpus:  # this process (and what it starts next) gets every CPU back
+            os.sched_setaffinity(0, cpus)
 
 
 # -- the subscriber processes ------------------------------------------------------------------------------
