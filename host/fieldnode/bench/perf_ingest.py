@@ -4,7 +4,7 @@ subscriber that only counts the same messages.
     ingest_figures(workdir, messages=20000, rounds=5)   # {"ingest_msgs_per_s": ..., "ingest_ratio": ..., ...}
 
 The set-up: a rig's mosquitto (the production config: mTLS, ACL, at most 20 QoS 1 messages in flight to a
-client and 1000 queued) and `nodes` node identities, each with its certificate and payload key. Readings are
+client) and `nodes` node identities, each with its certificate and payload key. Readings are
 sealed beforehand (fieldnode.protocol.seal, sequence numbers 1.. per node) and published at QoS 1 by a
 loopback publisher with the nodes' own certificates (raw TLS sockets, whole batches per write), so the stream
 is what a fleet sends. Each subscriber runs in a process of its own pinned to CPU 0; the publisher and
@@ -16,8 +16,8 @@ mosquitto share CPU 1:
 
 Rounds alternate bare, ingest, bare, ... over the very same messages; a round's rate is messages / time from
 the first message's arrival to the last one counted. The publisher keeps at most `window` messages ahead of
-what the subscriber reported (it prints its count every 100 messages), below the broker's queue limit, so
-nothing is dropped and the subscriber never waits for input.
+what the subscriber reported (it prints its count every 100 messages), below any per-client queue limit the
+broker may have, so nothing is dropped and the subscriber never waits for input.
 """
 from __future__ import annotations
 
