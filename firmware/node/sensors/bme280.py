@@ -2,17 +2,21 @@
 # readfrom_mem_into(addr, reg, buf), readfrom_mem(addr, reg, n), writeto_mem(addr, reg, buf).
 #
 # Every read() is one forced-mode conversion and one burst read of 0xF7..0xFE, so T, H and P come from the
-# same sample. Compensation uses the datasheet's floating-point formulas (appendix 8.1). For humidity these
-# differ from Bosch's C API (and Adafruit's port of it) when dig_H3 != 0; they agree with the datasheet's
-# integer formulas, which fieldnode.bench.bme280_emu implements.
+# same sample. Compensation follows the datasheet's floating-point formulas (appendix 8.1), worked in
+# integers: every float operation allocates on MicroPython, so read() allocates nothing but its result.
+# Each intermediate stays below 2**30 (a small int on 32-bit ports, so no bignum either) for sensors in their
+# operating range; products that would not are split (_mulsh, _sq). The results are within 2e-6 degC,
+# 0.002 %RH and 0.06 Pa of the float formulas (tests/unit/test_bme280_integer.py measures it). For humidity
+# these formulas differ from Bosch's C API (and Adafruit's port of it) when dig_H3 != 0; they agree with the
+# datasheet's integer formulas, which fieldnode.bench.bme280_emu implements.
 # Oversampling and the IIR filter are given as factors, as the datasheet names them:
 # osrs_* in (1, 2, 4, 8, 16) and iir in (0 = off, 2, 4, 8, 16). Skipping a channel is not supported.
 #
 # Each read() writes ctrl_hum, config and ctrl_meas again in one I2C write (the BME280 takes register/value
 # pairs), so a sensor that reset itself (brown-out) is configured again by the next read.
 #
-# Limitations: forced mode only; on ports with single-precision floats (ESP32) the pressure carries
-# float32 rounding on top of the sensor's own noise.
+# Limitations: forced mode only; on ports with single-precision floats (ESP32) the returned pressure carries
+# float32 rounding (about 0.004 Pa) on top of the sensor's own noise.
 import struct
 import time
 
@@ -86,23 +90,21 @@ class BME280:
 
         tp = i2c.readfrom_mem(address, _REG_CALIB_TP, 26)
         h = i2c.readfrom_mem(address, _REG_CALIB_H, 7)
-        t1, self._t2, self._t3, self._p1, self._p2, self._p3, p4, self._p5, self._p6, self._p7, self._p8, \
+        t1, self._t2, self._t3, p1, self._p2, self._p3, p4, self._p5, self._p6, p7, self._p8, \
             self._p9 = struct.unpack_from("<HhhHhhhhhhhh", tp)
         self._h1 = tp[25]
         h2, h3, e4, e5, e6, h6 = struct.unpack("<hBbBbb", h)
         h4 = e4 * 16 + (e5 & 0x0F)  # e4, e6 are signed: H4, H5 are signed 12-bit
         h5 = e6 * 16 + (e5 >> 4)
-        # The formulas' terms that depend on the calibration only are worked out here, once (every float
-        # operation allocates), as the very operations read() would do: the results are the same to the last
-        # bit. Only these are kept, not the words they come from (an object with more than 29 attributes
-        # takes a larger block).
-        self._t1_16 = t1 * 16
-        self._p4_65536 = p4 * 65536.0
-        self._h4_64 = h4 * 64.0
-        self._h5_16384 = h5 / 16384.0
-        self._h2_65536 = h2 / 65536.0
-        self._h6_2_26 = h6 / 67108864.0
-        self._h3_2_26 = h3 / 67108864.0
+        # Kept as the integer formulas use them (an object with more than 29 attributes takes a larger block).
+        self._t1_16 = t1 << 4
+        self._p1_4096 = p1 << 12
+        self._p1h = p1 >> 8
+        self._p1l = p1 & 0xFF
+        self._p4_4096 = p4 << 12
+        self._p7_16 = p7 << 4
+        self._h4_16384 = h4 << 14
+        self._h2, self._h3, self._h5, self._h6 = h2, h3, h5, h6
 
         # Sleep mode; ctrl_hum only takes effect with the ctrl_meas write that follows it.
         i2c.writeto_mem(address, _REG_CTRL_HUM, self._start[0:1])
@@ -131,33 +133,59 @@ class BME280:
         adc_t = d[3] << 12 | d[4] << 4 | d[5] >> 4
         adc_h = d[6] << 8 | d[7]
 
-        # Temperature; t_fine carries it into the other two channels. The datasheet's
-        # adc_t / 16384.0 - t1 / 1024.0 and adc_t / 131072.0 - t1 / 8192.0, each a difference of two exact
-        # quotients by powers of two that is itself exact (21 bits): the same values as below, where the
-        # difference is taken in integers first.
+        # Temperature: x = dt * t2 / 2**14 + dt**2 * t3 / 2**34 degC * 5120, kept as x8 = x * 256. t_fine is
+        # x truncated towards zero, as the datasheet's int() does.
         dt = adc_t - self._t1_16
-        x = dt / 16384.0
-        y = dt / 131072.0
-        x = x * self._t2 + y * y * self._t3
-        t_fine = int(x)
-        temperature = x / 5120.0
+        x8 = _mulsh(dt, self._t2, 6) + _mulsh(_sq(dt), self._t3, 16)
+        t_fine = x8 >> 8 if x8 >= 0 else -(-x8 >> 8)
 
-        # Pressure
-        x = t_fine / 2.0 - 64000.0
-        y = x * x * self._p6 / 32768.0 + x * self._p5 * 2.0
-        y = y / 4.0 + self._p4_65536
-        x = (self._p3 * x * x / 524288.0 + self._p2 * x) / 524288.0
-        x = (1.0 + x / 32768.0) * self._p1
-        if x == 0:
-            raise WrongChipError(EIO, "bme280 at 0x%02x: calibration gives a zero pressure divisor" % self.address)
-        p = (1048576.0 - adc_p - y / 4096.0) * 6250.0 / x
-        pressure = p + (self._p9 * p * p / 2147483648.0 + p * self._p8 / 32768.0 + self._p7) / 16.0
+        # Pressure: p0 = (2**20 - adc_p - b) * 6250 / d, then a second-order correction. x is t_fine - 128000
+        # (the datasheet's var1 is half of it); b comes as b * 256, d as d * 4096 then * 256.
+        x = t_fine - 128000
+        xx = _sq(x)
+        n = ((1048576 - adc_p) << 8) - (_mulsh(xx, self._p6, 13) + _mulsh(x, self._p5, 6) + self._p4_4096)
+        f30 = _mulsh(xx, self._p3, 15) + _mulsh(x, self._p2, 5)  # d / p1 - 1, times 2**30
+        d = (self._p1_4096 + _mulsh(f30, self._p1h, 10) + _mulsh(f30, self._p1l, 18) + 8) >> 4
+        if d <= 0:
+            raise WrongChipError(EIO, "bme280 at 0x%02x: calibration gives no pressure divisor" % self.address)
+        q = n // d  # n / d with 24 fraction bits, by long division six bits at a time: r << 6 stays small
+        r = n - q * d
+        for _ in range(4):
+            r <<= 6
+            digit = r // d
+            r -= digit * d
+            q = (q << 6) + digit
+        p8 = _mulsh(q, 6250, 16)  # p0 * 256
+        hi = p8 >> 12
+        lo = p8 & 0xFFF
+        pp = hi * hi + ((hi * lo + (lo * lo >> 13)) >> 11)  # p8**2 / 2**24
+        p8 += (_mulsh(pp, self._p9, 15) >> 4) + (_mulsh(p8, self._p8, 15) >> 4) + self._p7_16
 
-        # Humidity, clamped to 0..100 as the datasheet does
-        x = t_fine - 76800.0
-        h = (adc_h - (self._h4_64 + self._h5_16384 * x)) * (
-            self._h2_65536 * (1.0 + self._h6_2_26 * x * (1.0 + self._h3_2_26 * x)))
-        h = h * (1.0 - self._h1 * h / 524288.0)
-        humidity = 0.0 if h < 0.0 else 100.0 if h > 100.0 else h
+        # Humidity in %RH * 4096, clamped to 0..100 as the datasheet does
+        x = t_fine - 76800
+        h = _mulsh((adc_h << 8) - self._h4_16384 - _mulsh(x, self._h5, 6), self._h2, 12)
+        # e = h6 * x / 2**26 * (1 + h3 * x / 2**26), times 2**20
+        e = ((self._h6 * x) >> 6) + (((((_sq(x) >> 7) * self._h3) >> 8) * self._h6) >> 7)
+        h += _mulsh(h, e >> 10, 10) + (_mulsh(h, e & 0x3FF, 10) >> 10)
+        x = h >> 7
+        h -= (((x * x) >> 8) * self._h1) >> 9
+        if h < 0:
+            h = 0
+        elif h > 409600:
+            h = 409600
 
-        return (temperature, humidity, pressure)
+        return (x8 / 1310720, h / 4096, p8 / 256)
+
+
+def _mulsh(a, b, s):
+    """floor(a * b / 2**s), exact; a is split at bit s so that neither partial product needs a bignum."""
+    return (a >> s) * b + (((a & ((1 << s) - 1)) * b) >> s)
+
+
+def _sq(a):
+    """floor(a * a / 2**10), exact, for |a| < 2**19 without a product over 2**28."""
+    if a < 0:
+        a = -a
+    hi = a >> 9
+    lo = a & 0x1FF
+    return (hi * hi << 8) + hi * lo + (lo * lo >> 10)
