@@ -31,6 +31,12 @@ class SocketI2C:
         self._sock = None
         self._frame = bytearray(_HEADER + _INLINE)  # header, then inline write data
         self._status = bytearray(1)
+        # Made once: a transaction on the sensor's bus allocates nothing (memoryview slices and bound
+        # methods are objects on MicroPython).
+        self._whole = memoryview(self._frame)
+        self._header = self._whole[:_HEADER]
+        self._inline = self._header  # the frame of the last inline write's size (they repeat)
+        self._readinto = None
 
     def readfrom_mem_into(self, addr, reg, buf):
         self._request(_OP_READ, addr, reg, len(buf), None, buf)
@@ -54,6 +60,7 @@ class SocketI2C:
                 self._sock.close()
             finally:
                 self._sock = None
+                self._readinto = None
 
     def _request(self, op, addr, reg, n, data, into):
         if self._sock is None:
@@ -79,6 +86,7 @@ class SocketI2C:
         try:
             self._sock.settimeout(self._timeout)
             self._sock.connect(ai[-1])
+            self._readinto = getattr(self._sock, "recv_into", None) or self._sock.readinto  # CPython / MicroPython
             self._send(_OP_NAME, 0, 0, len(self._name), self._name)
             self._recv_into(self._status, 1)
         except OSError as exc:
@@ -101,19 +109,24 @@ class SocketI2C:
         frame = self._frame
         struct.pack_into(">BBBH", frame, 0, op, addr, reg, n)
         if data is None:
-            self._sock.sendall(memoryview(frame)[:_HEADER])
+            self._sock.sendall(self._header)
         elif n <= _INLINE:
             frame[_HEADER:_HEADER + n] = data
-            self._sock.sendall(memoryview(frame)[:_HEADER + n])
+            if len(self._inline) != _HEADER + n:
+                self._inline = self._whole[:_HEADER + n]
+            self._sock.sendall(self._inline)
         else:
             self._sock.sendall(bytes(frame[:_HEADER]) + bytes(data))
 
     def _recv_into(self, buf, n):
-        view = memoryview(buf)
-        sock = self._sock
-        readinto = getattr(sock, "recv_into", None) or sock.readinto  # CPython / MicroPython
-        got = 0
+        readinto = self._readinto
+        got = readinto(buf) if n == len(buf) else 0  # all of it in one go, almost always
+        if got is None:
+            got = 0  # MicroPython's readinto on a timeout
+        view = None
         while got < n:
+            if view is None:
+                view = memoryview(buf)
             k = readinto(view[got:n])
             if not k:
                 raise OSError(ECONNRESET, "i2c bench bus %s:%s closed the connection" % (self._host, self._port))

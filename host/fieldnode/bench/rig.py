@@ -25,7 +25,7 @@ KEY_ID = 1
 
 class Rig:
     def __init__(self, workdir, node_ids, interval_s=1.0, thresholds=None, environment=None, heapsize="512k",
-                 autostart=None, broker_persistence=False):
+                 autostart=None, broker_persistence=False, clock_file=False):
         self.workdir = Path(workdir)
         self.node_ids = list(node_ids)  # all of them get broker ACL entries
         self.autostart = self.node_ids if autostart is None else list(autostart)
@@ -34,6 +34,7 @@ class Rig:
         self.environment = dict(environment or {})
         self.heapsize = heapsize
         self.broker_persistence = broker_persistence  # sessions and queued messages survive a broker restart
+        self.clock_file = clock_file  # nodes boot with a `clock_offset` file of 0: their clocks can be stepped
         self.fleet = Fleet(self.workdir / "fleet")
         self.broker = None
         self.bus = None
@@ -83,6 +84,8 @@ class Rig:
         folder = self.workdir / "nodes" / node_id
         write_node_files(folder, cfg, self.ca_cert.public_bytes(Encoding.DER), cert.public_bytes(Encoding.DER),
                          pki.key_bytes(key, "der"), payload_key)
+        if self.clock_file:  # the Unix HAL looks for it once, at boot (firmware/node/hal/unix.py)
+            (folder / "clock_offset").write_text("0\n")
         node = VirtualNode(node_id, folder, heapsize=self.heapsize, probe=probe)
         self.nodes[node_id] = node
         if start:

@@ -406,7 +406,8 @@ class Runner:
 
         sc = self.sc
         self.rig = Rig(self.workdir / "rig", sc.node_ids, interval_s=sc.interval_s, thresholds=sc.thresholds,
-                       environment=sc.environment, autostart=[], broker_persistence=sc.broker_persistence)
+                       environment=sc.environment, autostart=[], broker_persistence=sc.broker_persistence,
+                       clock_file=any(ev.action.name == "clock_jump" for ev in sc.events))
         self.rig.start()
         # the store listens before any node publishes: nothing sealed can precede it
         self.delivery = Delivery(self.rig, self.workdir / "ingest.sqlite").start()
@@ -536,7 +537,7 @@ class Runner:
                 setattr(sensor, fault, on)
         elif name == "clock_jump":
             self._clock[node] = self._clock.get(node, 0) + (p["seconds"] if on else -p["seconds"])
-            # the Unix HAL adds this to the host clock on every now() (firmware/node/hal/unix.py)
+            # the Unix HAL adds this to the host clock (firmware/node/hal/unix.py)
             (self.rig.nodes[node].folder / "clock_offset").write_text("%d\n" % round(self._clock[node]))
         elif name == "environment":
             self.rig.sensors[node].set_environment(**p)
