@@ -1,5 +1,6 @@
 """Wire protocol v1 on the host: the shared vectors, every rejection reason, tampering, round trips, `decode`."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,34 @@ def test_cli_decode_bad_key_is_usage_error(key, capsys):
 def test_cli_decode_bad_node_id_is_usage_error(capsys):
     assert cli.main(_decode_args(SEALED[0], node="bad node")) == 2
     assert capsys.readouterr().err.startswith("fieldnode: --node: ")
+
+
+def test_opening_from_many_threads_with_the_cached_contexts():
+    """open_message keeps per-thread cipher contexts per (key, node): many threads opening interleaved
+    messages of several nodes and keys all get their own message back, and a message never opens as
+    another node's."""
+    import threading
+
+    masters = {n: os.urandom(32) for n in ("node-a", "node-b", "node-c")}
+    sealed = [(n, seq, protocol.seal(masters[n], n, 1, 1, seq,
+                                      protocol.Reading(1_700_000_000 + seq, 2, seq / 100, 45.0, 101325.0, 0, 0)))
+              for seq in range(1, 60) for n in masters]
+    errors = []
+
+    def worker():
+        try:
+            for node, seq, message in sealed:
+                opened = protocol.open_message(message, node, {1: masters[node]})
+                assert (opened.node_id, opened.seq, opened.body.timestamp) == (node, seq, 1_700_000_000 + seq)
+                other = "node-b" if node == "node-a" else "node-a"
+                with pytest.raises(protocol.ProtocolError, match="does not verify"):
+                    protocol.open_message(message, other, {1: masters[node]})
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[0]
