@@ -276,3 +276,42 @@ def test_opening_from_many_threads_with_the_cached_contexts():
     for t in threads:
         t.join(60)
     assert not errors, errors[0]
+
+
+@pytest.mark.parametrize("form", ["hex", "raw"])
+def test_cli_decode_takes_the_key_from_a_file(form, tmp_path, capsys):
+    v = SEALED[0]
+    path = tmp_path / "payload.key"
+    if form == "hex":
+        path.write_text("  %s\n" % v["master"])
+    else:
+        path.write_bytes(bytes.fromhex(v["master"]))
+    assert cli.main(["decode", "--key-file", str(path), "--node", v["node_id"], v["message"]]) == 0
+    assert json.loads(capsys.readouterr().out) == v["decoded"]
+
+
+def test_cli_decode_takes_the_key_from_the_fleet(tmp_path, capsys):
+    from fieldnode.fleet import Fleet
+
+    v = SEALED[0]
+    fleet = tmp_path / "fleet"
+    args = ["decode", "--fleet", str(fleet), "--node", v["node_id"], v["message"]]
+    assert cli.main(args) == 2  # no key for the node yet
+    err = capsys.readouterr().err
+    assert "no payload key for node %s" % v["node_id"] in err and "--key-file" in err and err.count("\n") == 1
+    Fleet(fleet).save_payload_key(v["node_id"], v["key_id"], bytes.fromhex(v["master"]))
+    assert cli.main(args) == 0
+    assert json.loads(capsys.readouterr().out) == v["decoded"]
+
+
+def test_cli_decode_key_options_errors(tmp_path, capsys):
+    v = SEALED[0]
+    base = ["--node", v["node_id"], v["message"]]
+    assert cli.main(["decode", "--key", v["master"], "--key-file", str(tmp_path / "k"), *base]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert cli.main(["decode", "--key-file", str(tmp_path / "missing"), *base]) == 2
+    assert "cannot read it" in capsys.readouterr().err
+    (tmp_path / "short").write_text("00" * 16)
+    assert cli.main(["decode", "--key-file", str(tmp_path / "short"), *base]) == 2
+    err = capsys.readouterr().err
+    assert "16 bytes; the payload key is 32 bytes" in err and v["master"] not in err

@@ -8,23 +8,57 @@ from ..errors import UsageError
 from . import arg, command, fleet_arg
 
 
-def _hex_key(text):
+def _hex_key(text, option="--key"):
     try:
-        key = bytes.fromhex(text)
+        key = bytes.fromhex(text.strip())
     except ValueError:
-        raise UsageError("--key: not hex; give the 32-byte payload key as 64 hex digits") from None
+        raise UsageError("%s: not hex; give the 32-byte payload key as 64 hex digits" % option) from None
     if len(key) != protocol.KEY_SIZE:
-        raise UsageError("--key: %d bytes; the payload key is 32 bytes (64 hex digits)" % len(key))
+        raise UsageError("%s: %d bytes; the payload key is 32 bytes (64 hex digits)" % (option, len(key)))
     return key
+
+
+def _key_file(path):
+    """A key file: 64 hex digits (surrounding whitespace allowed), or the 32 raw bytes."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except OSError as exc:
+        raise UsageError("--key-file %s: cannot read it (%s)" % (path, exc.strerror or exc)) from None
+    text = data.strip()
+    if len(data) == protocol.KEY_SIZE and not all(c in b"0123456789abcdefABCDEF" for c in text):
+        return data  # the raw bytes (hex text is taken as hex, whatever its length)
+    return _hex_key(text.decode("ascii", "replace"), "--key-file %s" % path)
+
+
+def _decode_keys(args, key_id):
+    """{key_id: master} from --key, --key-file, or else the fleet's key ring (the keys accepted now)."""
+    if args.key is not None and args.key_file is not None:
+        raise UsageError("--key and --key-file: give one of them")
+    if args.key is not None:
+        return {key_id: _hex_key(args.key)}
+    if args.key_file is not None:
+        return {key_id: _key_file(args.key_file)}
+    from ..fleet import Fleet, KeyRing, resolve
+
+    fleet = Fleet(resolve(args.fleet))
+    keys = KeyRing(fleet).get(args.node)
+    if keys is None:
+        raise UsageError("no payload key for node %s in the fleet at %s: give --key-file (or --fleet)"
+                         % (args.node, fleet.root))
+    return keys
 
 
 @command("decode", "open a sealed message with the node's payload key and print it as one JSON object")
 @arg("payload", metavar="PAYLOAD_HEX", help="the sealed message, in hex")
-@arg("--key", required=True, metavar="HEX", help="payload master key (64 hex digits)")
 @arg("--node", required=True, metavar="NODE_ID", help="the node the message came from (its topic)")
+@arg("--key", metavar="HEX", help="payload master key (64 hex digits); visible to other users in the process "
+                                  "list: prefer --key-file or the fleet")
+@arg("--key-file", metavar="FILE", help="a file holding the payload master key (64 hex digits, or 32 bytes)")
+@fleet_arg
 @arg("--key-id", type=int, metavar="N", help="the key's id (default: whatever the message header names)")
 def do_decode(args):
-    key = _hex_key(args.key)
+    """Without --key or --key-file, the node's keys come from the fleet directory (those accepted now)."""
     try:
         protocol.check_node_id(args.node)
     except ValueError as exc:
@@ -36,7 +70,10 @@ def do_decode(args):
     key_id = args.key_id
     if key_id is None:
         key_id = protocol.parse_header(message)[2]
-    opened = protocol.open_message(message, args.node, {key_id: key})
+    keys = _decode_keys(args, key_id)
+    if args.key_id is not None:
+        keys = {k: v for k, v in keys.items() if k == args.key_id}
+    opened = protocol.open_message(message, args.node, keys)
     print(json.dumps(opened.as_dict(), sort_keys=True))
 
 
