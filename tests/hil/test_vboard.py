@@ -206,6 +206,62 @@ def test_ctrl_c_at_the_friendly_repl_and_in_running_code(vboards, tmp_path):
     assert out.strip() == b"free again"
 
 
+# An interpreter that plays one moment of the Unix port's life. It boots as _boot.py does and reaches a prompt;
+# on "g" it enters the state the real one passes through on its way out of the raw REPL or after a REPL line:
+# the tty still set for running code (ISIG) but no SIGINT handler (after a raw REPL the Unix port leaves
+# SIGINT at its default, which kills). It stays there until input arrives or 2 s pass, then is at a prompt
+# again and echoes the next two bytes.
+BETWEEN_STATES = r"""
+import os, select, signal, sys, termios
+
+def tty(isig):
+    attr = termios.tcgetattr(0)
+    attr[3] = termios.ISIG if isig else 0
+    termios.tcsetattr(0, termios.TCSANOW, attr)
+
+def say(text):
+    os.write(1, text.encode("latin-1"))
+
+say("\0vboard:fs\0\0vboard:repl\0")
+with open(os.environ["FIELDNODE_VBOARD_ACK"], "rb") as ack:
+    ack.read(1)
+tty(False)
+say(">>> ")
+os.read(0, 1)
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+tty(True)
+say("between states\r\n")
+select.select([0], [], [], 2.0)
+tty(False)
+got = b""
+while len(got) < 2:
+    got += os.read(0, 2 - len(got))
+say("got %r\r\n" % got)
+os.read(0, 1)
+"""
+
+
+def test_a_ctrl_c_between_states_waits_instead_of_killing_the_interpreter(vboards, tmp_path, monkeypatch):
+    fake = tmp_path / "micropython"
+    fake.write_text("#!%s\n%s" % (sys.executable, BETWEEN_STATES))
+    fake.chmod(0o755)
+    monkeypatch.setenv("FIELDNODE_MICROPYTHON", str(fake))
+    fs = tmp_path / "board"
+    vb = vboards(fs)
+    console = Console(vb.port)
+    try:
+        console.wait_for(b">>> ")
+        console.port.write(b"g")
+        console.wait_for(b"between states")
+        console.port.write(b"\x03\x01")  # mpremote's "interrupt, then raw REPL"
+        seen = console.wait_for(b"got ")
+        console.wait_for(b"\r\n")
+    finally:
+        console.close()
+    assert b"hard reset" not in seen, seen
+    assert b"got b'\\x03\\x01'" in console.seen, console.seen
+
+
 def test_files_and_mac_persist_across_a_vboard_restart(vboards, tmp_path):
     fs = tmp_path / "board"
     note = tmp_path / "note.txt"

@@ -233,6 +233,19 @@ class _Console:
         self._tail = text[-64:]
 
 
+def catches_sigint(pid):
+    """Whether process `pid` has a handler installed for SIGINT (Linux: SigCgt in /proc/PID/status). True
+    where that cannot be read, so that a Ctrl-C is never held back for good."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
+
+
 def _partial_suffix(data, marker):
     """Length of the longest end of `data` that is a proper beginning of `marker`."""
     for n in range(min(len(marker) - 1, len(data)), 0, -1):
@@ -272,6 +285,7 @@ class VirtualBoard:
             os.set_blocking(fd, False)
         self._stopping = False
         self._gate = "closed"  # host bytes go to the interpreter only when "open"; "prompt": until its REPL is up
+        self._interrupt_held = False  # a Ctrl-C waits for the interpreter to be able to take it (_feed_board)
         self._acks = 0
         self._tmp = None
         self._ack_fd = None
@@ -464,12 +478,12 @@ class VirtualBoard:
             writers = []
             if self._to_host:
                 writers.append(self._master)
-            if child is not None and self._to_board and self._gate == "open":
+            if child is not None and self._to_board and self._gate == "open" and not self._interrupt_held:
                 writers.append(child)
             timeout = None
             if child is not None and self._pidfd is None:
                 timeout = 0.05
-            if self._gate == "prompt":
+            if self._gate == "prompt" or self._interrupt_held:
                 timeout = 0.002  # the interpreter is a moment away from its prompt
             if self._restart_at is not None:
                 timeout = max(0.0, self._restart_at - time.monotonic())
@@ -488,7 +502,8 @@ class VirtualBoard:
                 self._read_child()
             if self._master in writable:
                 self._write(self._master, self._to_host)
-            if child is not None and child in writable and self._child_master is not None:
+            if child is not None and self._child_master is not None and (
+                    child in writable or (self._interrupt_held and self._gate == "open")):
                 self._feed_board()
             if self.proc is not None and self.proc.poll() is not None:
                 self._reap()
@@ -544,8 +559,12 @@ class VirtualBoard:
     def _feed_board(self):
         """The host's bytes to the interpreter. A Ctrl-C while code runs is an interrupt, as a board's UART
         handler makes it: SIGINT (which the Unix port raises as KeyboardInterrupt), sent here rather than by
-        the terminal so that it reaches the interpreter before anything that follows; at a prompt it is a key."""
+        the terminal so that it reaches the interpreter before anything that follows; at a prompt it is a key.
+        Between the two (the tty still set for running code, but the Unix port past or not yet at the point
+        where it handles SIGINT, e.g. on its way out of the raw REPL) a SIGINT would kill it: the Ctrl-C and
+        what follows wait until it is one or the other."""
         buf = self._to_board
+        self._interrupt_held = False
         while buf and self._gate == "open":
             i = buf.find(b"\x03")
             if i != 0:
@@ -555,6 +574,9 @@ class VirtualBoard:
                     return
                 continue
             if termios.tcgetattr(self._child_slave)[3] & termios.ISIG:
+                if not catches_sigint(self.proc.pid):
+                    self._interrupt_held = True
+                    return
                 self._trace("interrupt", self.proc.pid)
                 os.kill(self.proc.pid, signal.SIGINT)
                 del buf[:1]
