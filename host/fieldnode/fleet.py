@@ -25,6 +25,7 @@ can still be opened deliberately (`payload_keys(include_inactive=True)`). The ol
 import datetime
 import json
 import os
+import time
 from pathlib import Path
 
 from . import pki
@@ -216,27 +217,38 @@ class KeyRing:
     """Payload keys by node id for a monitor: a mapping-like `get(node_id, default)` returning
     {key_id: master_key} of the keys accepted *now*. A node's key file is re-read whenever it changes on
     disk (a node provisioned, rotated or revoked while a monitor runs), and the overlap limit of a
-    rotated-out key is checked at every lookup."""
+    rotated-out key is checked at every lookup.
+
+    It is on the path of every message ingest verifies, so a lookup costs one stat() of the key file: the
+    accepted keys are worked out again only when the file changed or an overlap limit has passed."""
 
     def __init__(self, fleet):
         self._fleet = fleet
-        self._cache = {}  # node_id -> ((mtime_ns, size), records)
+        self._cache = {}  # node_id -> [path, stamp, keys, until (epoch seconds: when `keys` may change)]
 
     def get(self, node_id, default=None):
+        entry = self._cache.get(node_id)
+        if entry is None:
+            try:
+                path = str(self._fleet.key_file(node_id))
+            except FieldnodeError:
+                return default
+            entry = [path, None, None, 0.0]
         try:
-            path = self._fleet.key_file(node_id)
-        except FieldnodeError:
-            return default
-        try:
-            st = path.stat()
+            st = os.stat(entry[0])
         except FileNotFoundError:
             self._cache.pop(node_id, None)
             return default
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        cached = self._cache.get(node_id)
-        if cached is None or cached[0] != stamp:
-            cached = (stamp, self._fleet._read_keys(path))
-            self._cache[node_id] = cached
-        now = utcnow()
-        keys = {k: bytes.fromhex(r["key"]) for k, r in cached[1].items() if _accepted(r, now)}
-        return keys if keys else default
+        now = time.time()
+        if stamp != entry[1] or now >= entry[3]:
+            records = self._fleet._read_keys(Path(entry[0]))
+            at = utcnow()
+            entry[1] = stamp
+            entry[2] = {k: bytes.fromhex(r["key"]) for k, r in records.items() if _accepted(r, at)} or None
+            limits = [parse_iso(r["not_after"]).timestamp() for r in records.values()
+                      if not r.get("revoked") and r.get("not_after") and parse_iso(r["not_after"]) > at]
+            entry[3] = min(limits, default=float("inf"))
+            self._cache[node_id] = entry
+        keys = entry[2]
+        return dict(keys) if keys else default

@@ -187,3 +187,24 @@ def test_the_older_keys_file_form_still_reads(tmp_path):
 
 def test_keyring_ignores_topic_names_that_are_not_node_ids(tmp_path):
     assert KeyRing(Fleet(tmp_path)).get("../../etc/passwd", "default") == "default"
+
+
+def test_keyring_drops_a_key_when_its_overlap_ends_with_no_file_change(tmp_path, monkeypatch):
+    """The ring caches the accepted keys between file changes; an overlap limit passing still counts."""
+    from fieldnode import fleet as fleet_module
+
+    clock = [utcnow()]
+    monkeypatch.setattr(fleet_module, "utcnow", lambda: clock[0])
+    monkeypatch.setattr(fleet_module.time, "time", lambda: clock[0].timestamp())
+    fleet = Fleet(tmp_path)
+    fleet.save_payload_key("node-1", 1, b"\x01" * 32)
+    fleet.save_payload_key("node-1", 2, b"\x02" * 32)
+    fleet.retire_payload_key("node-1", 1, clock[0] + datetime.timedelta(hours=1))
+    ring = KeyRing(fleet)
+    assert set(ring.get("node-1")) == {1, 2}
+    clock[0] += datetime.timedelta(minutes=59)
+    assert set(ring.get("node-1")) == {1, 2}
+    clock[0] += datetime.timedelta(minutes=2)
+    assert set(ring.get("node-1")) == {2}
+    ring.get("node-1")[3] = b"x"  # a caller changing what it got does not change the ring
+    assert set(ring.get("node-1")) == {2}
