@@ -35,6 +35,28 @@ def test_the_shipped_scenarios_cover_every_fault():
     assert len(FILES) >= 5
 
 
+CRASH_FILES = sorted((sc_mod.SCENARIOS / "crash").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CRASH_FILES, ids=[p.stem for p in CRASH_FILES])
+def test_crash_scenarios_parse_and_are_kept_apart(path):
+    """tests/scenarios/crash/: scenarios that may lose readings (never silently); not run where lost = 0."""
+    for quick in (False, True):
+        sc = load(path, quick=quick)
+        assert sc.events and Expectation("lost", "==", 0) not in sc.expect
+    assert path.parent != sc_mod.SCENARIOS and path not in FILES
+
+
+def test_broker_down_kills_on_request_and_ingest_down_is_a_fleet_fault():
+    sc = parse(base(timeline=[{"do": "broker_down", "at": 1, "for": 2, "kill": True},
+                              {"do": "broker_down", "at": 5, "for": 2},
+                              {"do": "ingest_down", "at": 9, "for": 3}]))
+    assert [e.params for e in sc.events] == [{"kill": True}, {"kill": False}, {}]
+    assert sc.events[2].action.scope == "fleet" and sc.events[2].lasting
+    with pytest.raises(ScenarioError, match="kill must be a bool"):
+        parse(base(timeline=[{"do": "broker_down", "at": 1, "for": 2, "kill": "yes"}]))
+
+
 def test_a_name_resolves_to_the_shipped_file():
     assert sc_mod.resolve("broker-outage") == sc_mod.SCENARIOS / "broker-outage.toml"
     with pytest.raises(ScenarioError, match="broker-outage"):

@@ -81,3 +81,12 @@ def test_unflagged_counts_valid_looking_readings_inside_a_sensor_fault_after_its
     assert r._unflagged(seals, stored) == [["a", 5, "nack"]]  # seq 3 was the grace reading
     r._sensor_windows = [["a", "nack", 2.0, 3.6, 3]]
     assert r._unflagged(seals, stored) == []
+
+
+def test_a_loss_counts_as_silent_unless_a_gap_of_the_store_covers_it():
+    from fieldnode.bench.scenario import INVARIANTS, silently_lost
+
+    gaps = [["a", 3, 5], ["b", 10, 10]]
+    assert silently_lost([("a", 3), ("a", 5), ("b", 10)], gaps) == []
+    assert silently_lost([("a", 6), ("b", 3), ("c", 4)], gaps) == [("a", 6), ("b", 3), ("c", 4)]
+    assert ("lost_silently", "==", 0) in INVARIANTS  # every scenario checks it, whatever it expects of `lost`

@@ -47,10 +47,14 @@ class Delivery:
         self.errors = []  # the Ingestor's own failures (it stops acknowledging)
         self._first = {}  # (node, seq) -> the Arrival that stored it
         self._cond = threading.Condition()
-        f = rig.fleet
-        self._ingestor = Ingestor(self.store, LOOPBACK, rig.broker.port, f.ca_cert, f.host_cert, f.host_key,
-                                  KeyRing(f), client_id=client_id, on_event=self._on_event)
+        self._client_id = client_id
+        self._ingestor = self._new_ingestor()
         self._started = False
+
+    def _new_ingestor(self):
+        f = self.rig.fleet
+        return Ingestor(self.store, LOOPBACK, self.rig.broker.port, f.ca_cert, f.host_cert, f.host_key,
+                        KeyRing(f), client_id=self._client_id, on_event=self._on_event)
 
     def _on_event(self, ev):
         with self._cond:
@@ -108,10 +112,22 @@ class Delivery:
         self._started = True
         return self
 
-    def stop(self):
+    def pause(self):
+        """Take ingest away as an operator stopping `fieldnode ingest` would: it commits and acknowledges what
+        it has, then disconnects; the broker queues for its persistent session meanwhile."""
         if self._started:
             self._ingestor.stop()
             self._started = False
+
+    def resume(self):
+        """Start ingest again (a new Ingestor on the same store and session, as a restarted process)."""
+        if not self._started:
+            self._ingestor = self._new_ingestor()
+            self._ingestor.start()
+            self._started = True
+
+    def stop(self):
+        self.pause()
         self.store.close()
 
     def __enter__(self):

@@ -8,6 +8,7 @@ Used by `fieldnode demo` and the HIL tests:
             rig.sensors["node-1"].set_environment(temperature_c=9.5)
 """
 import os
+import signal
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -107,8 +108,11 @@ class Rig:
             raise
         return self
 
-    def stop_broker(self):
-        """Take the broker down (SIGTERM, by pid); start_broker() brings it back on the same port."""
+    def stop_broker(self, kill=False):
+        """Take the broker down (SIGTERM, by pid; `kill`: SIGKILL, a crash that saves nothing);
+        start_broker() brings it back on the same port."""
+        if kill and self.broker.running:
+            os.kill(self.broker.pid, signal.SIGKILL)
         self.broker.stop()
 
     def start_broker(self):

@@ -28,7 +28,7 @@ from .vnode import NodeProcessError
 SCENARIOS = paths.REPO / "tests" / "scenarios"
 # Integrity rules that hold in every scenario whatever its file says (the users' rule: never altered).
 INVARIANTS = (("altered", "==", 0), ("unexpected", "==", 0), ("conflicts", "==", 0), ("rejected", "==", 0),
-              ("ingest_errors", "==", 0), ("crashed", "==", 0))
+              ("ingest_errors", "==", 0), ("crashed", "==", 0), ("lost_silently", "==", 0))
 _OPS = {"==": operator.eq, "<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
         "!=": operator.ne}
 _EXPECTATION = re.compile(r"\s*(==|<=|>=|<|>|!=)\s*(-?[0-9.]+)\s*$")
@@ -48,7 +48,8 @@ class ScenarioError(FieldnodeError):
 class Action:
     """What a timeline entry can do. `lasting` actions have a duration (`for`; none: until the timeline ends)
     and are undone at its end; "optional": lasting only when `for` is given;
-    `scope` is "node" (acts on the listed nodes), "fleet" (on the broker: every node is affected) or
+    `scope` is "node" (acts on the listed nodes), "fleet" (on the broker or the host's ingest: every node is
+    affected) or
     "none" (not a fault: no recovery is measured). `recovery` names what counts as recovered."""
     name: str
     lasting: bool
@@ -61,7 +62,12 @@ class Action:
 
 _DIRECTION = (str, "both")
 ACTIONS = {a.name: a for a in (
-    Action("broker_down", True, "fleet", {}, help="stop mosquitto (SIGTERM); start it again on the same port"),
+    Action("broker_down", True, "fleet", {"kill": (bool, False)},
+           help="stop mosquitto (SIGTERM; with kill=true SIGKILL: a crash, nothing saved); start it again on "
+                "the same port"),
+    Action("ingest_down", True, "fleet", {},
+           help="stop the host's ingest (it commits, acknowledges and disconnects; the broker queues for its "
+                "session); start it again"),
     Action("link_down", True, "node", {},
            help="reset the node's connections and refuse new ones (each is reset as it opens)"),
     Action("drop", False, "node", {}, help="reset the node's open connections once"),
@@ -461,7 +467,10 @@ class Runner:
             self._interrupt(self.sc.node_ids if a.scope == "fleet" else ev.nodes)
         if a.scope == "fleet":
             if self._mark("*", a.name, +1) == 1:
-                self.rig.stop_broker()
+                if a.name == "ingest_down":
+                    self.delivery.pause()
+                else:
+                    self.rig.stop_broker(kill=p.get("kill", False))
         for node in ev.nodes if a.scope != "fleet" else ():
             key = self._key(ev)
             first = self._mark(node, key, +1) == 1 if ev.lasting else True
@@ -483,7 +492,10 @@ class Runner:
         self.fault_log.append((round(self._now(), 3), "end", a.name, list(ev.nodes), {}))
         if a.scope == "fleet":
             if self._mark("*", a.name, -1) == 0:
-                self.rig.start_broker()
+                if a.name == "ingest_down":
+                    self.delivery.resume()
+                else:
+                    self.rig.start_broker()
                 for node in self.sc.node_ids:
                     self._cleared(node, a)
             return
@@ -708,6 +720,7 @@ class Runner:
         times = [r.recovered - r.cleared for r in self.recoveries if r.recovered is not None]
         unrecovered = [r for r in self.recoveries if r.recovered is None and not r.interrupted]
         gaps = [list(g) for g in d.store.gaps()]
+        silent = silently_lost(lost, gaps)
         # numbers in the store's gaps that the node never sealed (reserved ahead, skipped after a reboot)
         skipped = sum(1 for node, first, last in gaps for q in range(first, last + 1) if (node, q) not in seals)
         per_node = {}
@@ -728,7 +741,7 @@ class Runner:
             "scenario": sc.name, "quick": sc.quick, "seed": sc.seed, "nodes": len(sc.node_ids),
             "interval_s": sc.interval_s, "duration_s": round(sc.duration_s, 2),
             "produced": len(produced) + len(overwritten), "received": len(received), "duplicates": stats["duplicates"],
-            "lost": len(lost), "dropped_reported": len(declared & set(produced)),
+            "lost": len(lost), "lost_silently": len(silent), "dropped_reported": len(declared & set(produced)),
             "uncommitted": len(uncommitted), "overwritten": len(overwritten),
             "gaps": gaps, "gap_count": len(gaps), "skipped_seqs": skipped,
             "max_recovery_s": round(max(times), 2) if times and not unrecovered else None,
@@ -776,6 +789,12 @@ class Runner:
                 if a is not None and a.sensor_status == 0:
                     out.append([node, k[1], fault])
         return out
+
+
+def silently_lost(lost, gaps):
+    """The (node, seq) of `lost` that no gap (node, first, last) of the store covers: missing without the
+    store showing it, which the users' rule never allows (a loss must be visible)."""
+    return [k for k in lost if not any(g[0] == k[0] and g[1] <= k[1] <= g[2] for g in gaps)]
 
 
 def run(scenario, workdir, log=None):
