@@ -242,13 +242,19 @@ class KeyRing:
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         now = time.time()
         if stamp != entry[1] or now >= entry[3]:
+            # Work the new state out in locals and store it in one step: a reload that fails half-way
+            # (a bad hex or date in the file) must not leave the new stamp next to the old keys, or a
+            # revoked key would stay accepted until the file changed again.
+            self._cache.pop(node_id, None)
             records = self._fleet._read_keys(Path(entry[0]))
             at = utcnow()
-            entry[1] = stamp
-            entry[2] = {k: bytes.fromhex(r["key"]) for k, r in records.items() if _accepted(r, at)} or None
-            limits = [parse_iso(r["not_after"]).timestamp() for r in records.values()
-                      if not r.get("revoked") and r.get("not_after") and parse_iso(r["not_after"]) > at]
-            entry[3] = min(limits, default=float("inf"))
+            try:
+                keys = {k: bytes.fromhex(r["key"]) for k, r in records.items() if _accepted(r, at)} or None
+                limits = [parse_iso(r["not_after"]).timestamp() for r in records.values()
+                          if not r.get("revoked") and r.get("not_after") and parse_iso(r["not_after"]) > at]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FieldnodeError(f"{entry[0]}: unreadable payload keys ({exc!r}): restore it from backup") from None
+            entry = [entry[0], stamp, keys, min(limits, default=float("inf"))]
             self._cache[node_id] = entry
         keys = entry[2]
         return dict(keys) if keys else default

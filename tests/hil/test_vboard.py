@@ -262,6 +262,36 @@ def test_a_ctrl_c_between_states_waits_instead_of_killing_the_interpreter(vboard
     assert b"got b'\\x03\\x01'" in console.seen, console.seen
 
 
+# A program that turned the interrupt off (micropython.kbd_intr(-1)): the tty set for running code, no SIGINT
+# handler, for as long as it likes. It reads one byte and echoes it.
+INTERRUPTS_OFF = BETWEEN_STATES.split("os.read(0, 1)\n", 1)[0] + r"""os.read(0, 1)
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+tty(True)
+say("interrupts off\r\n")
+say("got %r\r\n" % os.read(0, 1))
+os.read(0, 1)
+"""
+
+
+def test_a_ctrl_c_to_a_program_that_turned_interrupts_off_arrives_as_a_byte(vboards, tmp_path, monkeypatch):
+    """The hold above is bounded: a Ctrl-C is never kept back for good, nor does it kill the interpreter."""
+    fake = tmp_path / "micropython"
+    fake.write_text("#!%s\n%s" % (sys.executable, INTERRUPTS_OFF))
+    fake.chmod(0o755)
+    monkeypatch.setenv("FIELDNODE_MICROPYTHON", str(fake))
+    vb = vboards(tmp_path / "board")
+    console = Console(vb.port)
+    try:
+        console.wait_for(b">>> ")
+        console.port.write(b"g")
+        console.wait_for(b"interrupts off")
+        console.port.write(b"\x03")
+        console.wait_for(b"got b'\\x03'\r\n")
+    finally:
+        console.close()
+    assert b"hard reset" not in console.seen, console.seen
+
+
 def test_files_and_mac_persist_across_a_vboard_restart(vboards, tmp_path):
     fs = tmp_path / "board"
     note = tmp_path / "note.txt"

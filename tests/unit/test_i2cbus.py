@@ -178,6 +178,29 @@ def test_timeout_is_etimedout_and_the_next_call_reconnects(server):
     assert i2c.readfrom_mem(0x10, 0x05, 2) == b"\x05\x06"  # a fresh connection, no stale reply
 
 
+@pytest.mark.parametrize("answers", [[None], ["real", 2, None]], ids=["no-status", "part-of-the-data"])
+def test_a_micropython_readinto_that_answers_none_is_a_timeout(server, emu, answers):
+    """MicroPython's socket readinto returns None when its timeout passes (CPython raises instead)."""
+    i2c = client(server)
+    assert i2c.readfrom_mem(ADDR, 0xD0, 1) == b"\x60"  # connected
+    real = i2c._readinto
+    left = list(answers)
+
+    def readinto(view):
+        n = left.pop(0) if left else "real"
+        if n == "real":
+            return real(view)
+        if n is not None:
+            view[:n] = bytes(n)
+        return n
+
+    i2c._readinto = readinto
+    with pytest.raises(OSError) as info:
+        i2c.readfrom_mem(ADDR, 0x88, 24)
+    assert info.value.errno == errno.ETIMEDOUT and not left
+    assert i2c.readfrom_mem(ADDR, 0xD0, 1) == b"\x60"  # a fresh connection, no stale reply
+
+
 def test_device_fault_is_eio_and_the_server_keeps_serving(server, emu):
     server.bus("node-1").attach(0x20, Broken())
     i2c = client(server)

@@ -168,6 +168,25 @@ def test_keyring_follows_rotation_overlap_and_revocation(tmp_path):
     assert fleet.payload_keys()["node-1"] == {}
 
 
+def test_a_key_file_that_fails_to_reload_never_leaves_the_old_keys_accepted(tmp_path):
+    """A revocation written with a damaged entry must not leave the ring serving the keys it had cached."""
+    fleet = Fleet(tmp_path)
+    fleet.save_payload_key("node-1", 1, b"\x01" * 32)
+    ring = KeyRing(fleet)
+    assert ring.get("node-1") == {1: b"\x01" * 32}
+    path = tmp_path / "keys" / "node-1.json"
+    damaged = json.loads(path.read_text())
+    damaged["1"]["revoked"] = iso(utcnow())
+    damaged["2"] = {"key": "not hex", "created": None, "not_after": None, "revoked": None}
+    path.write_text(json.dumps(damaged) + " ")  # a different size, so the change is seen at once
+    for _ in range(2):  # and again: the failed reload must not have been remembered as done
+        with pytest.raises(Exception, match="unreadable payload keys"):
+            ring.get("node-1")
+    del damaged["2"]
+    path.write_text(json.dumps(damaged))
+    assert ring.get("node-1") is None  # repaired: key 1 is revoked, nothing accepted
+
+
 def test_retiring_never_extends_an_earlier_limit(tmp_path):
     fleet = Fleet(tmp_path)
     fleet.save_payload_key("node-1", 1, b"\x01" * 32)

@@ -304,6 +304,28 @@ def test_cli_decode_takes_the_key_from_the_fleet(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == v["decoded"]
 
 
+def test_cli_decode_names_a_retired_or_revoked_key_and_opens_it_on_request(tmp_path, capsys):
+    import datetime
+
+    from fieldnode.fleet import Fleet, utcnow
+
+    v = SEALED[0]
+    fleet = Fleet(tmp_path / "fleet")
+    fleet.save_payload_key(v["node_id"], v["key_id"], bytes.fromhex(v["master"]))
+    fleet.save_payload_key(v["node_id"], v["key_id"] + 1, b"\x07" * 32)
+    fleet.retire_payload_key(v["node_id"], v["key_id"], utcnow() - datetime.timedelta(seconds=1))
+    args = ["decode", "--fleet", str(fleet.root), "--node", v["node_id"], v["message"]]
+    for state in ("retired", "revoked"):
+        if state == "revoked":
+            fleet.revoke_payload_keys(v["node_id"])
+        assert cli.main(args) == 1
+        err = capsys.readouterr().err
+        assert "key id %d of node %s was %s" % (v["key_id"], v["node_id"], state) in err, err
+        assert "--include-inactive" in err and "unknown" not in err and err.count("\n") == 1
+        assert cli.main(args + ["--include-inactive"]) == 0
+        assert json.loads(capsys.readouterr().out) == v["decoded"]
+
+
 def test_cli_decode_key_options_errors(tmp_path, capsys):
     v = SEALED[0]
     base = ["--node", v["node_id"], v["message"]]

@@ -57,6 +57,39 @@ def test_broker_down_kills_on_request_and_ingest_down_is_a_fleet_fault():
         parse(base(timeline=[{"do": "broker_down", "at": 1, "for": 2, "kill": "yes"}]))
 
 
+def test_ingest_that_comes_back_while_the_broker_is_down_waits_for_the_broker(tmp_path):
+    """Ingest cannot start against a stopped broker: an ingest outage ending inside a broker outage brings
+    ingest back only once the broker is up again, in either order of overlap."""
+    calls = []
+
+    class Rig:
+        def stop_broker(self, kill=False):
+            calls.append("broker stop")
+
+        def start_broker(self):
+            calls.append("broker start")
+
+    class Delivery:
+        def pause(self):
+            calls.append("ingest stop")
+
+        def resume(self):
+            assert "broker stop" not in calls[-1:], "ingest started against a stopped broker"
+            calls.append("ingest start")
+
+    sc = parse(base(timeline=[{"do": "ingest_down", "at": 1, "for": 3},
+                              {"do": "broker_down", "at": 2, "for": 4}]))
+    runner = sc_mod.Runner(sc, tmp_path)
+    runner.rig, runner.delivery, runner._t0 = Rig(), Delivery(), 0.0
+    ingest, broker = sc.events
+    runner._begin(ingest)
+    runner._begin(broker)
+    runner._end(ingest)
+    assert calls == ["ingest stop", "broker stop"]  # ingest not started yet
+    runner._end(broker)
+    assert calls == ["ingest stop", "broker stop", "broker start", "ingest start"]
+
+
 def test_a_name_resolves_to_the_shipped_file():
     assert sc_mod.resolve("broker-outage") == sc_mod.SCENARIOS / "broker-outage.toml"
     with pytest.raises(ScenarioError, match="broker-outage"):

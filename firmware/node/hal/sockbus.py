@@ -121,13 +121,15 @@ class SocketI2C:
     def _recv_into(self, buf, n):
         readinto = self._readinto
         got = readinto(buf) if n == len(buf) else 0  # all of it in one go, almost always
-        if got is None:
-            got = 0  # MicroPython's readinto on a timeout
         view = None
-        while got < n:
+        while got is not None and got < n:
             if view is None:
                 view = memoryview(buf)
             k = readinto(view[got:n])
+            if k is None:
+                break
             if not k:
                 raise OSError(ECONNRESET, "i2c bench bus %s:%s closed the connection" % (self._host, self._port))
             got += k
+        if got is None or got < n:  # MicroPython's readinto answers None when the timeout passed
+            raise OSError(ETIMEDOUT, "timed out")

@@ -492,10 +492,12 @@ class Runner:
         self.fault_log.append((round(self._now(), 3), "end", a.name, list(ev.nodes), {}))
         if a.scope == "fleet":
             if self._mark("*", a.name, -1) == 0:
-                if a.name == "ingest_down":
-                    self.delivery.resume()
-                else:
+                if a.name != "ingest_down":
                     self.rig.start_broker()
+                # ingest cannot start against a stopped broker: it comes back with the broker, as a
+                # supervisor restarting `fieldnode ingest` would bring it back
+                if ("*", "ingest_down") not in self._active and ("*", "broker_down") not in self._active:
+                    self.delivery.resume()
                 for node in self.sc.node_ids:
                     self._cleared(node, a)
             return

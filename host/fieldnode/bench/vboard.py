@@ -70,6 +70,9 @@ MAX_TO_HOST = 256 * 1024  # console bytes kept while nobody reads the port; olde
 MAX_TO_BOARD = 64 * 1024  # host bytes buffered before the vboard stops reading the port (back-pressure)
 QUICK_EXIT_S = 1.0  # an interpreter that dies this soon after starting counts towards a boot loop
 BOOT_LOOP_DELAY_S = 1.0  # ... and after 3 of those in a row, restarts are spaced by this much
+# How long a Ctrl-C waits for an interpreter that is between states (see _feed_board). Past it, the running
+# program has turned the interrupt off (micropython.kbd_intr(-1)) and the Ctrl-C is a key, as on a board.
+INTERRUPT_HOLD_S = 0.25
 
 
 class VBoardError(FieldnodeError):
@@ -286,6 +289,7 @@ class VirtualBoard:
         self._stopping = False
         self._gate = "closed"  # host bytes go to the interpreter only when "open"; "prompt": until its REPL is up
         self._interrupt_held = False  # a Ctrl-C waits for the interpreter to be able to take it (_feed_board)
+        self._held_since = None  # when the Ctrl-C now waiting began to wait
         self._acks = 0
         self._tmp = None
         self._ack_fd = None
@@ -359,6 +363,7 @@ class VirtualBoard:
         master, slave = pty.openpty()
         self._tty_modes = dict(zip(("run", "prompt"), _board_tty(slave)))
         self._paste = _RawPaste()
+        self._held_since = None
         os.set_blocking(master, False)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -562,7 +567,8 @@ class VirtualBoard:
         the terminal so that it reaches the interpreter before anything that follows; at a prompt it is a key.
         Between the two (the tty still set for running code, but the Unix port past or not yet at the point
         where it handles SIGINT, e.g. on its way out of the raw REPL) a SIGINT would kill it: the Ctrl-C and
-        what follows wait until it is one or the other."""
+        what follows wait until it is one or the other -- for INTERRUPT_HOLD_S at most: a program that turned
+        the interrupt off (micropython.kbd_intr(-1)) stays in that state, and gets the Ctrl-C as a byte."""
         buf = self._to_board
         self._interrupt_held = False
         while buf and self._gate == "open":
@@ -573,15 +579,25 @@ class VirtualBoard:
                 if n < end:
                     return
                 continue
-            if termios.tcgetattr(self._child_slave)[3] & termios.ISIG:
-                if not catches_sigint(self.proc.pid):
-                    self._interrupt_held = True
-                    return
+            attr = termios.tcgetattr(self._child_slave)
+            if attr[3] & termios.ISIG and catches_sigint(self.proc.pid):
                 self._trace("interrupt", self.proc.pid)
                 os.kill(self.proc.pid, signal.SIGINT)
                 del buf[:1]
+            elif attr[3] & termios.ISIG:
+                now = time.monotonic()
+                if self._held_since is None:
+                    self._held_since = now
+                if now - self._held_since < INTERRUPT_HOLD_S:
+                    self._interrupt_held = True
+                    return
+                # interrupts are off: the byte is data (VINTR is disabled on this tty, so it raises nothing)
+                self._trace("ctrl-c as data", self.proc.pid)
+                if not self._write(self._child_master, buf, 1):
+                    return
             elif not self._write(self._child_master, buf, 1):
                 return
+            self._held_since = None
 
     @staticmethod
     def _write(fd, buf, end=None):

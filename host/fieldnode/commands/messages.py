@@ -4,7 +4,7 @@ import sys
 import threading
 
 from .. import protocol
-from ..errors import UsageError
+from ..errors import FieldnodeError, UsageError
 from . import arg, command, fleet_arg
 
 
@@ -42,7 +42,17 @@ def _decode_keys(args, key_id):
     from ..fleet import Fleet, KeyRing, resolve
 
     fleet = Fleet(resolve(args.fleet))
-    keys = KeyRing(fleet).get(args.node)
+    if args.include_inactive:
+        keys = fleet.payload_keys(include_inactive=True).get(args.node) or None
+    else:
+        keys = KeyRing(fleet).get(args.node)
+        record = fleet.key_records(args.node).get(key_id)
+        if record is not None and key_id not in (keys or {}):
+            # a key the host no longer accepts: say so rather than "unknown key id"
+            why = ("revoked %s" % record["revoked"] if record.get("revoked")
+                   else "retired after its overlap, %s" % record.get("not_after"))
+            raise FieldnodeError("key id %d of node %s was %s, and the host no longer accepts it: to open a "
+                                 "message sealed with it on purpose, add --include-inactive" % (key_id, args.node, why))
     if keys is None:
         raise UsageError("no payload key for node %s in the fleet at %s: give --key-file (or --fleet)"
                          % (args.node, fleet.root))
@@ -57,8 +67,11 @@ def _decode_keys(args, key_id):
 @arg("--key-file", metavar="FILE", help="a file holding the payload master key (64 hex digits, or 32 bytes)")
 @fleet_arg
 @arg("--key-id", type=int, metavar="N", help="the key's id (default: whatever the message header names)")
+@arg("--include-inactive", action="store_true",
+     help="with the fleet's keys: also those retired or revoked (old messages, on purpose)")
 def do_decode(args):
-    """Without --key or --key-file, the node's keys come from the fleet directory (those accepted now)."""
+    """Without --key or --key-file, the node's keys come from the fleet directory: those accepted now, or
+    with --include-inactive also the retired and revoked ones."""
     try:
         protocol.check_node_id(args.node)
     except ValueError as exc:
