@@ -204,8 +204,10 @@ def ingest_figures(workdir, messages=20000, rounds=5, nodes=20, window=600, log=
             files[node] = (pki.write_cert(cdir / (node + ".pem"), cert), pki.write_key(cdir / (node + ".key"), key))
             keys[node] = os.urandom(32)
         f = rig.fleet
+        for node, key in keys.items():  # the ingest side looks them up as `fieldnode ingest` does
+            f.save_payload_key(node, KEY_ID, key)
         spec = {"port": rig.broker.port, "ca": str(f.ca_cert), "cert": str(f.host_cert), "key": str(f.host_key),
-                "keys": {n: k.hex() for n, k in keys.items()}, "workdir": str(workdir), "cpu": SUB_CPU}
+                "fleet": str(f.root), "workdir": str(workdir), "cpu": SUB_CPU}
         spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(spec))
         batches, total = make_stream(node_ids, keys, per_node)
@@ -224,7 +226,9 @@ def ingest_figures(workdir, messages=20000, rounds=5, nodes=20, window=600, log=
                 "ingest_ratio": round(statistics.median(ratios), 3), "ratios": [round(x, 3) for x in ratios],
                 "messages": total, "nodes": nodes, "rounds": rounds,
                 "ingest_rejected": sum(r.get("rejected", 0) for r in results["ingest"]),
-                "cpu_busy": {k: [r["cpu_busy"] for r in v] for k, v in results.items()}}
+                "cpu_busy": {k: [r["cpu_busy"] for r in v] for k, v in results.items()},
+                "context_switches_per_msg": {k: [r["context_switches_per_msg"] for r in v]
+                                             for k, v in results.items()}}
     finally:
         if publisher is not None:
             publisher.close()
@@ -235,6 +239,20 @@ def ingest_figures(workdir, messages=20000, rounds=5, nodes=20, window=600, log=
 
 # -- the subscriber processes ------------------------------------------------------------------------------
 
+def _context_switches():
+    """This process's context switches so far, all threads (Linux), or None."""
+    total = 0
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/status" % task) as f:
+                for line in f:
+                    if "ctxt_switches:" in line:  # voluntary and nonvoluntary
+                        total += int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return total
+
+
 class _Counter:
     def __init__(self, total):
         self.total = total
@@ -242,6 +260,7 @@ class _Counter:
         self.first = None
         self.last = None
         self.cpu_first = self.cpu_last = 0.0
+        self.switches_first = self.switches_last = None
         self.done = threading.Event()
 
     def hit(self, n=1):
@@ -249,20 +268,26 @@ class _Counter:
         if self.first is None:
             self.first = now
             self.cpu_first = time.process_time()
+            self.switches_first = _context_switches()
         self.count += n
         if self.count // PROGRESS_EVERY != (self.count - n) // PROGRESS_EVERY:
             print("progress", self.count, flush=True)
         if self.count >= self.total:
             self.last = now
             self.cpu_last = time.process_time()
+            self.switches_last = _context_switches()
             self.done.set()
 
     def result(self, **extra):
         elapsed = (self.last or time.monotonic()) - (self.first or time.monotonic())
         rate = (self.count - 1) / elapsed if elapsed > 0 else 0.0
         busy = (self.cpu_last - self.cpu_first) / elapsed if elapsed > 0 and self.last else None
+        switches = None
+        if self.last and self.switches_first is not None and self.switches_last is not None:
+            switches = round((self.switches_last - self.switches_first) / max(1, self.count - 1), 3)
         return dict({"count": self.count, "elapsed_s": round(elapsed, 4), "rate": rate,
-                     "cpu_busy": None if busy is None else round(busy, 2)}, **extra)
+                     "cpu_busy": None if busy is None else round(busy, 2),
+                     "context_switches_per_msg": switches}, **extra)
 
 
 def _bare(spec, total):
@@ -290,9 +315,10 @@ def _bare(spec, total):
 
 
 def _ingest(spec, total):
+    from ..fleet import Fleet, KeyRing
     from ..ingest import Ingestor, IngestStore
 
-    keys = {n: {KEY_ID: bytes.fromhex(k)} for n, k in spec["keys"].items()}
+    keys = KeyRing(Fleet(spec["fleet"]))
     counter = _Counter(total)
     kinds = {}
 
