@@ -241,25 +241,29 @@ os.read(0, 1)
 """
 
 
-def test_a_ctrl_c_between_states_waits_instead_of_killing_the_interpreter(vboards, tmp_path, monkeypatch):
+def _ctrl_c_dialogue(script, state, keys, answer, vboards, tmp_path, monkeypatch):
+    """Boot a vboard whose interpreter is `script` (Python), put it into `state` with "g", type `keys`, wait
+    for `answer`; return everything the console showed."""
     fake = tmp_path / "micropython"
-    fake.write_text("#!%s\n%s" % (sys.executable, BETWEEN_STATES))
+    fake.write_text("#!%s\n%s" % (sys.executable, script))
     fake.chmod(0o755)
     monkeypatch.setenv("FIELDNODE_MICROPYTHON", str(fake))
-    fs = tmp_path / "board"
-    vb = vboards(fs)
-    console = Console(vb.port)
+    console = Console(vboards(tmp_path / "board").port)
     try:
         console.wait_for(b">>> ")
         console.port.write(b"g")
-        console.wait_for(b"between states")
-        console.port.write(b"\x03\x01")  # mpremote's "interrupt, then raw REPL"
-        seen = console.wait_for(b"got ")
-        console.wait_for(b"\r\n")
+        console.wait_for(state)
+        console.port.write(keys)
+        return console.wait_for(answer)
     finally:
         console.close()
+
+
+def test_a_ctrl_c_between_states_waits_instead_of_killing_the_interpreter(vboards, tmp_path, monkeypatch):
+    # mpremote's "interrupt, then raw REPL"
+    seen = _ctrl_c_dialogue(BETWEEN_STATES, b"between states", b"\x03\x01", b"got b'\\x03\\x01'\r\n",
+                            vboards, tmp_path, monkeypatch)
     assert b"hard reset" not in seen, seen
-    assert b"got b'\\x03\\x01'" in console.seen, console.seen
 
 
 # A program that turned the interrupt off (micropython.kbd_intr(-1)): the tty set for running code, no SIGINT
@@ -275,21 +279,9 @@ os.read(0, 1)
 
 def test_a_ctrl_c_to_a_program_that_turned_interrupts_off_arrives_as_a_byte(vboards, tmp_path, monkeypatch):
     """The hold above is bounded: a Ctrl-C is never kept back for good, nor does it kill the interpreter."""
-    fake = tmp_path / "micropython"
-    fake.write_text("#!%s\n%s" % (sys.executable, INTERRUPTS_OFF))
-    fake.chmod(0o755)
-    monkeypatch.setenv("FIELDNODE_MICROPYTHON", str(fake))
-    vb = vboards(tmp_path / "board")
-    console = Console(vb.port)
-    try:
-        console.wait_for(b">>> ")
-        console.port.write(b"g")
-        console.wait_for(b"interrupts off")
-        console.port.write(b"\x03")
-        console.wait_for(b"got b'\\x03'\r\n")
-    finally:
-        console.close()
-    assert b"hard reset" not in console.seen, console.seen
+    seen = _ctrl_c_dialogue(INTERRUPTS_OFF, b"interrupts off", b"\x03", b"got b'\\x03'\r\n",
+                            vboards, tmp_path, monkeypatch)
+    assert b"hard reset" not in seen, seen
 
 
 def test_files_and_mac_persist_across_a_vboard_restart(vboards, tmp_path):
