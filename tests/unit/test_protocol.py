@@ -322,8 +322,15 @@ def test_cli_decode_names_a_retired_or_revoked_key_and_opens_it_on_request(tmp_p
         err = capsys.readouterr().err
         assert "key id %d of node %s was %s" % (v["key_id"], v["node_id"], state) in err, err
         assert "--include-inactive" in err and "unknown" not in err and err.count("\n") == 1
+        assert v["master"] not in err
         assert cli.main(args + ["--include-inactive"]) == 0
         assert json.loads(capsys.readouterr().out) == v["decoded"]
+    # another node's damaged key file is no concern of this decode
+    (fleet.root / "keys" / "other-node.json").write_text('{"1": {"key": "not hex"}}')
+    assert cli.main(args + ["--include-inactive"]) == 0
+    capsys.readouterr()
+    assert cli.main(args[:1] + ["--key", v["master"], "--include-inactive"] + args[3:]) == 2
+    assert "leave it out" in capsys.readouterr().err
 
 
 def test_cli_decode_key_options_errors(tmp_path, capsys):

@@ -57,37 +57,57 @@ def test_broker_down_kills_on_request_and_ingest_down_is_a_fleet_fault():
         parse(base(timeline=[{"do": "broker_down", "at": 1, "for": 2, "kill": "yes"}]))
 
 
-def test_ingest_that_comes_back_while_the_broker_is_down_waits_for_the_broker(tmp_path):
-    """Ingest cannot start against a stopped broker: an ingest outage ending inside a broker outage brings
-    ingest back only once the broker is up again, in either order of overlap."""
+@pytest.mark.parametrize("timeline, expected", [
+    # ingest down first, back while the broker is still down: it waits for the broker
+    ([("ingest_down", 1, 3), ("broker_down", 2, 4)],
+     ["ingest stop", "broker stop", "broker start", "ingest start"]),
+    # the broker down first, ingest down and back within it
+    ([("broker_down", 1, 6), ("ingest_down", 2, 2)],
+     ["broker stop", "ingest stop", "broker start", "ingest start"]),
+    # the broker's outage inside ingest's: ingest starts when its own outage ends
+    ([("ingest_down", 1, 6), ("broker_down", 2, 2)],
+     ["ingest stop", "broker stop", "broker start", "ingest start"]),
+    # two broker outages overlapping, ingest inside both
+    ([("broker_down", 1, 4), ("ingest_down", 2, 1), ("broker_down", 3, 4)],
+     ["broker stop", "ingest stop", "broker start", "ingest start"]),
+    # the broker alone: ingest keeps running (and reconnects by itself)
+    ([("broker_down", 1, 2)], ["broker stop", "broker start"]),
+], ids=["ingest-then-broker", "ingest-inside-broker", "broker-inside-ingest", "two-broker-outages", "broker-only"])
+def test_ingest_never_starts_against_a_stopped_broker(tmp_path, timeline, expected):
+    """Ingest cannot start against a stopped broker: whatever the overlap, it comes back only once the broker
+    is up and its own outage is over."""
     calls = []
+    state = {"broker": True, "ingest": True}
 
     class Rig:
         def stop_broker(self, kill=False):
+            state["broker"] = False
             calls.append("broker stop")
 
         def start_broker(self):
+            state["broker"] = True
             calls.append("broker start")
 
-    class Delivery:
+    class Delivery:  # as bench.delivery.Delivery: pause and resume do nothing when already so
         def pause(self):
-            calls.append("ingest stop")
+            if state["ingest"]:
+                state["ingest"] = False
+                calls.append("ingest stop")
 
         def resume(self):
-            assert "broker stop" not in calls[-1:], "ingest started against a stopped broker"
-            calls.append("ingest start")
+            if not state["ingest"]:
+                assert state["broker"], "ingest started against a stopped broker"
+                state["ingest"] = True
+                calls.append("ingest start")
 
-    sc = parse(base(timeline=[{"do": "ingest_down", "at": 1, "for": 3},
-                              {"do": "broker_down", "at": 2, "for": 4}]))
+    sc = parse(base(timeline=[{"do": name, "at": at, "for": length} for name, at, length in timeline]))
     runner = sc_mod.Runner(sc, tmp_path)
     runner.rig, runner.delivery, runner._t0 = Rig(), Delivery(), 0.0
-    ingest, broker = sc.events
-    runner._begin(ingest)
-    runner._begin(broker)
-    runner._end(ingest)
-    assert calls == ["ingest stop", "broker stop"]  # ingest not started yet
-    runner._end(broker)
-    assert calls == ["ingest stop", "broker stop", "broker start", "ingest start"]
+    steps = sorted([(ev.at, 1, runner._begin, ev) for ev in sc.events] +
+                   [(ev.at + ev.duration, 0, runner._end, ev) for ev in sc.events], key=lambda x: x[:2])
+    for _, _, step, ev in steps:
+        step(ev)
+    assert calls == expected and state == {"broker": True, "ingest": True}
 
 
 def test_a_name_resolves_to_the_shipped_file():

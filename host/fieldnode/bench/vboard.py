@@ -70,9 +70,10 @@ MAX_TO_HOST = 256 * 1024  # console bytes kept while nobody reads the port; olde
 MAX_TO_BOARD = 64 * 1024  # host bytes buffered before the vboard stops reading the port (back-pressure)
 QUICK_EXIT_S = 1.0  # an interpreter that dies this soon after starting counts towards a boot loop
 BOOT_LOOP_DELAY_S = 1.0  # ... and after 3 of those in a row, restarts are spaced by this much
-# How long a Ctrl-C waits for an interpreter that is between states (see _feed_board). Past it, the running
-# program has turned the interrupt off (micropython.kbd_intr(-1)) and the Ctrl-C is a key, as on a board.
-INTERRUPT_HOLD_S = 0.25
+# How long a Ctrl-C waits for an interpreter that is between states (see _feed_board; a few ms, longer on a
+# loaded machine). Past it, the running program has turned the interrupt off (micropython.kbd_intr(-1)) and
+# the Ctrl-C is a key, as on a board; later ones to the same program go through at once.
+INTERRUPT_HOLD_S = 1.0
 
 
 class VBoardError(FieldnodeError):
@@ -290,6 +291,7 @@ class VirtualBoard:
         self._gate = "closed"  # host bytes go to the interpreter only when "open"; "prompt": until its REPL is up
         self._interrupt_held = False  # a Ctrl-C waits for the interpreter to be able to take it (_feed_board)
         self._held_since = None  # when the Ctrl-C now waiting began to wait
+        self._intr_off_pid = None  # the interpreter that took a Ctrl-C as a key after the wait (kbd_intr(-1))
         self._acks = 0
         self._tmp = None
         self._ack_fd = None
@@ -363,6 +365,7 @@ class VirtualBoard:
         master, slave = pty.openpty()
         self._tty_modes = dict(zip(("run", "prompt"), _board_tty(slave)))
         self._paste = _RawPaste()
+        self._interrupt_held = False
         self._held_since = None
         os.set_blocking(master, False)
         env = {
@@ -568,7 +571,8 @@ class VirtualBoard:
         Between the two (the tty still set for running code, but the Unix port past or not yet at the point
         where it handles SIGINT, e.g. on its way out of the raw REPL) a SIGINT would kill it: the Ctrl-C and
         what follows wait until it is one or the other -- for INTERRUPT_HOLD_S at most: a program that turned
-        the interrupt off (micropython.kbd_intr(-1)) stays in that state, and gets the Ctrl-C as a byte."""
+        the interrupt off (micropython.kbd_intr(-1)) stays in that state, and gets the Ctrl-C as a byte (and
+        any further ones at once)."""
         buf = self._to_board
         self._interrupt_held = False
         while buf and self._gate == "open":
@@ -579,24 +583,28 @@ class VirtualBoard:
                 if n < end:
                     return
                 continue
-            attr = termios.tcgetattr(self._child_slave)
-            if attr[3] & termios.ISIG and catches_sigint(self.proc.pid):
-                self._trace("interrupt", self.proc.pid)
-                os.kill(self.proc.pid, signal.SIGINT)
+            pid = self.proc.pid
+            if not termios.tcgetattr(self._child_slave)[3] & termios.ISIG:  # at a prompt: a key
+                self._intr_off_pid = None  # the Unix port turns the interrupt on again for the next code
+                if not self._write(self._child_master, buf, 1):
+                    return
+            elif catches_sigint(pid):
+                self._intr_off_pid = None
+                self._trace("interrupt", pid)
+                os.kill(pid, signal.SIGINT)
                 del buf[:1]
-            elif attr[3] & termios.ISIG:
+            else:
                 now = time.monotonic()
                 if self._held_since is None:
                     self._held_since = now
-                if now - self._held_since < INTERRUPT_HOLD_S:
+                if now - self._held_since < INTERRUPT_HOLD_S and pid != self._intr_off_pid:
                     self._interrupt_held = True
                     return
                 # interrupts are off: the byte is data (VINTR is disabled on this tty, so it raises nothing)
-                self._trace("ctrl-c as data", self.proc.pid)
+                self._trace("ctrl-c as data", pid)
                 if not self._write(self._child_master, buf, 1):
                     return
-            elif not self._write(self._child_master, buf, 1):
-                return
+                self._intr_off_pid = pid
             self._held_since = None
 
     @staticmethod

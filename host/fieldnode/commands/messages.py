@@ -35,6 +35,8 @@ def _decode_keys(args, key_id):
     """{key_id: master} from --key, --key-file, or else the fleet's key ring (the keys accepted now)."""
     if args.key is not None and args.key_file is not None:
         raise UsageError("--key and --key-file: give one of them")
+    if args.include_inactive and (args.key is not None or args.key_file is not None):
+        raise UsageError("--include-inactive is about the fleet's keys: leave it out with --key or --key-file")
     if args.key is not None:
         return {key_id: _hex_key(args.key)}
     if args.key_file is not None:
@@ -43,7 +45,12 @@ def _decode_keys(args, key_id):
 
     fleet = Fleet(resolve(args.fleet))
     if args.include_inactive:
-        keys = fleet.payload_keys(include_inactive=True).get(args.node) or None
+        records = fleet.key_records(args.node)  # this node's file only
+        try:
+            keys = {k: bytes.fromhex(r["key"]) for k, r in records.items()} or None
+        except (KeyError, TypeError, ValueError):
+            raise FieldnodeError("%s: unreadable payload keys: restore it from backup"
+                                 % fleet.key_file(args.node)) from None
     else:
         keys = KeyRing(fleet).get(args.node)
         record = fleet.key_records(args.node).get(key_id)
