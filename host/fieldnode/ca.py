@@ -166,7 +166,7 @@ def init(fleet, passphrase=None, server_names=DEFAULT_SERVER_NAMES, server_ips=D
         raise CAError(f"{root / 'ca'} exists but holds no CA: move it away, then run `fieldnode ca init` again")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     ca_key, ca_cert = pki.make_ca(days=ca_days)
-    host_key, host_cert = pki.issue_client_cert(ca_key, ca_cert, pki.HOST_CN)
+    host_key, host_cert = pki.make_host_cert()  # self-signed: the broker's host listener pins it
     server_key, server_cert = pki.issue_server_cert(ca_key, ca_cert, server_names, server_ips)
 
     for d in (fleet.host_cert.parent, fleet.server_cert.parent):
@@ -182,8 +182,7 @@ def init(fleet, passphrase=None, server_names=DEFAULT_SERVER_NAMES, server_ips=D
         pki.write_cert(stage / "ca.pem", ca_cert)
         pki.write_crl(stage / "crl.pem", pki.make_crl(ca_key, ca_cert, [], number=int(utcnow().timestamp())))
         (stage / "issued").mkdir()
-        for cert in (host_cert, server_cert):
-            pki.write_cert(stage / "issued" / (serial_hex(cert.serial_number) + ".pem"), cert)
+        pki.write_cert(stage / "issued" / (serial_hex(server_cert.serial_number) + ".pem"), server_cert)
         if (root / "ca").exists():
             (root / "ca").rmdir()  # empty (checked above)
         os.rename(stage, root / "ca")
@@ -205,6 +204,49 @@ def init(fleet, passphrase=None, server_names=DEFAULT_SERVER_NAMES, server_ips=D
             "ca_not_after": iso(ca_cert.not_valid_after_utc), "host_fingerprint": pki.fingerprint(host_cert),
             "server_fingerprint": pki.fingerprint(server_cert), "server_names": server_names,
             "server_ips": server_ips, "passphrase_protected": bool(passphrase)}
+
+
+def renew_host_cert(fleet):
+    """Replace the host tools' certificate and key with a new self-signed pair (renewal; or a fleet made when
+    the CA issued it, which the broker's host listener cannot pin). Returns the new fingerprint and expiry.
+    The broker pins the certificate: run `fieldnode broker-config` and reload mosquitto afterwards.
+
+    Crash-safe: the pair is written into a new directory that replaces `host/` by renames, so the key and
+    certificate always belong together."""
+    fleet.require_ca()
+    key, cert = pki.make_host_cert()
+    host_dir = fleet.host_cert.parent
+    stage = Path(tempfile.mkdtemp(dir=fleet.root, prefix=".host-"))
+    old = fleet.root / ".host-old"
+    try:
+        pki.write_key(stage / fleet.host_key.name, key)
+        pki.write_cert(stage / fleet.host_cert.name, cert)
+        shutil.rmtree(old, ignore_errors=True)
+        if host_dir.exists():
+            os.rename(host_dir, old)
+        os.rename(stage, host_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if old.exists() and not host_dir.exists():
+            os.rename(old, host_dir)
+        raise
+    _fsync_dir(fleet.root)
+    shutil.rmtree(old, ignore_errors=True)
+    with Inventory(fleet.inventory_db) as inv:
+        inv.replace_host_certificate(cert_info(cert, pki.HOST_CN, "host"))
+    return {"host_fingerprint": pki.fingerprint(cert), "host_not_after": iso(cert.not_valid_after_utc)}
+
+
+def host_cert_problem(fleet):
+    """Why the broker's host listener cannot pin the host certificate, or None."""
+    try:
+        cert = pki.load_cert(fleet.host_cert)
+    except (OSError, ValueError) as exc:
+        return f"{fleet.host_cert}: unreadable ({exc})"
+    if not pki.is_self_signed(cert):
+        return (f"{fleet.host_cert} was issued by the fleet CA (a fleet made before the host listener): "
+                "run `fieldnode ca host-cert` for a self-signed one the broker can pin")
+    return None
 
 
 def _fsync_dir(path):

@@ -87,8 +87,8 @@ def run_demo(nodes=3, duration=None, as_json=False, out=None, interval_s=1.0):
             drifter = threading.Thread(target=drift, daemon=True)
             drifter.start()
             if not as_json:
-                emit("fieldnode demo: %d nodes, broker 127.0.0.1:%d (mTLS), fleet in %s"
-                     % (nodes, rig.broker.port, rig.fleet.root))
+                emit("fieldnode demo: %d nodes, broker 127.0.0.1:%d (mTLS; host listener :%d), fleet in %s"
+                     % (nodes, rig.broker.port, rig.broker.host_port, rig.fleet.root))
                 emit(HEADER)
             try:
                 with rig.monitor(on_message=on_message, on_reject=on_reject, on_status=on_status):

@@ -194,12 +194,21 @@ class Fleet:
             raise FieldnodeError(f"{self.broker_file}: not valid JSON ({exc}): fix or delete it") from None
 
     def broker(self):
-        """(host, port) of the fleet's broker as last recorded."""
+        """(host, port) of the fleet's broker as last recorded: where nodes connect."""
+        return self._address("port", f"no broker address recorded in {self.root}: pass --broker HOST:PORT "
+                                     "(or record one with `fieldnode ca init --broker HOST:PORT`)")
+
+    def host_broker(self):
+        """(host, port) of the broker's host listener, where the host tools (monitor, ingest) connect."""
+        return self._address("host_port", f"no host listener recorded in {self.root}: run `fieldnode "
+                                          "broker-config` (it records one) or pass --broker HOST:PORT (the "
+                                          "broker's host listener)")
+
+    def _address(self, port_key, missing):
         data = self.broker_info()
-        if "host" not in data or "port" not in data:
-            raise FieldnodeError(f"no broker address recorded in {self.root}: pass --broker HOST:PORT "
-                                 "(or record one with `fieldnode ca init --broker HOST:PORT`)")
-        return data["host"], int(data["port"])
+        if "host" not in data or port_key not in data:
+            raise FieldnodeError(missing)
+        return data["host"], int(data[port_key])
 
     def save_broker(self, host=None, port=None, **extra):
         """Record the broker address (and extras such as server_name); keys not given are kept."""

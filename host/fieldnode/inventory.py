@@ -182,6 +182,12 @@ class Inventory:
                        (serial_hex(c["serial"]), c["subject"], c["kind"], c["fingerprint"], c.get("key_id"),
                         c["not_before"], c["not_after"], c["issued_at"], status))
 
+    def replace_host_certificate(self, cert_info):
+        """Record a new host certificate as the active one; earlier host certificates become superseded."""
+        with self.transaction() as db:
+            db.execute("UPDATE certificates SET status = 'superseded' WHERE kind = 'host' AND status = 'active'")
+        self.add_certificate(cert_info, "active")
+
     def add_pending_node(self, node_id, board=None, port=None, operator=None):
         """A row for a node whose key material has been issued (kept if it exists)."""
         now = iso(utcnow())

@@ -82,13 +82,15 @@ def _ski(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
         return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
 
 
-def _leaf_builder(ca_key: PrivateKey, ca_cert: x509.Certificate, common_name: str, key: PrivateKey,
+def _leaf_builder(ca_cert: x509.Certificate | None, common_name: str, key: PrivateKey,
                   days: int, eku: x509.ObjectIdentifier,
                   validity: tuple[datetime.datetime, datetime.datetime] | None = None) -> x509.CertificateBuilder:
+    """An end-entity certificate issued by `ca_cert`, or self-signed (ca_cert None: `key` signs it)."""
     not_before, not_after = validity or _validity(days)
+    issuer_ski = _ski(ca_cert) if ca_cert is not None else x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     return (x509.CertificateBuilder()
             .subject_name(_name(common_name))
-            .issuer_name(ca_cert.subject)
+            .issuer_name(ca_cert.subject if ca_cert is not None else _name(common_name))
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
@@ -99,7 +101,7 @@ def _leaf_builder(ca_key: PrivateKey, ca_cert: x509.Certificate, common_name: st
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(_ski(ca_cert)),
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski),
                            critical=False))
 
 
@@ -133,7 +135,7 @@ def issue_server_cert(ca_key: PrivateKey, ca_cert: x509.Certificate, hostnames: 
         raise UsageError("a server certificate needs at least one host name or IP address")
     key = new_key()
     cn = hostnames[0] if hostnames else ips[0]
-    cert = (_leaf_builder(ca_key, ca_cert, cn, key, days, ExtendedKeyUsageOID.SERVER_AUTH)
+    cert = (_leaf_builder(ca_cert, cn, key, days, ExtendedKeyUsageOID.SERVER_AUTH)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .sign(ca_key, hashes.SHA256()))
     return key, cert
@@ -154,9 +156,20 @@ def issue_client_cert(ca_key: PrivateKey, ca_cert: x509.Certificate, common_name
         if not validity[0] < validity[1]:
             raise UsageError("not_before must be earlier than not_after")
     key = new_key()
-    cert = _leaf_builder(ca_key, ca_cert, common_name, key, days, ExtendedKeyUsageOID.CLIENT_AUTH,
+    cert = _leaf_builder(ca_cert, common_name, key, days, ExtendedKeyUsageOID.CLIENT_AUTH,
                          validity).sign(ca_key, hashes.SHA256())
     return key, cert
+
+
+def make_host_cert(days: int = CLIENT_DAYS) -> tuple[PrivateKey, x509.Certificate]:
+    """The host tools' client certificate (CN HOST_CN): self-signed, so that the broker's host listener can
+    trust exactly this certificate (pinned: its `cafile` is this file) and no node certificate there."""
+    key = new_key()
+    return key, _leaf_builder(None, HOST_CN, key, days, ExtendedKeyUsageOID.CLIENT_AUTH).sign(key, hashes.SHA256())
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    return cert.issuer == cert.subject
 
 
 def make_crl(ca_key: PrivateKey, ca_cert: x509.Certificate, revoked_serials: Iterable[int], days: int = CRL_DAYS,

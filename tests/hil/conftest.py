@@ -1,6 +1,6 @@
 """HIL fixtures: a throw-away fleet PKI and a real mosquitto serving it.
 
-    fleet_pki   CA, broker certificate, host client certificate and an empty CRL, written under tmp_path
+    fleet_pki   CA, broker certificate, host client certificate (self-signed) and an empty CRL, under tmp_path
                 (PEM; keys 0600); `.client(cn)` issues more client certificates, `.revoke(...)` a new CRL.
     broker      a started fieldnode.bench.broker.Broker for node-1..node-3, stopped (by pid) at teardown.
 """
@@ -31,6 +31,14 @@ def _issue_client(folder, ca_key, ca_cert, common_name):
                        pki.write_key(folder / (stem + ".key"), key), cert.serial_number)
 
 
+def _host_files(folder):
+    """The host tools' certificate: self-signed, pinned by the broker's host listener."""
+    key, cert = pki.make_host_cert()
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return ClientFiles(pki.write_cert(folder / "host.pem", cert), pki.write_key(folder / "host.key", key),
+                       cert.serial_number)
+
+
 @dataclass
 class FleetPKI:
     root: Path
@@ -52,7 +60,7 @@ class FleetPKI:
                    server_cert=pki.write_cert(root / "server.pem", server_cert),
                    server_key=pki.write_key(root / "server.key", server_key),
                    crl=pki.write_crl(root / "crl.pem", pki.make_crl(ca_key, ca_cert, [])),
-                   host=_issue_client(root / "clients", ca_key, ca_cert, pki.HOST_CN))
+                   host=_host_files(root / "clients"))
 
     def client(self, common_name):
         """Issue and write a client certificate signed by this fleet's CA."""
@@ -72,7 +80,7 @@ def fleet_pki(tmp_path):
 @pytest.fixture
 def broker(fleet_pki, tmp_path):
     b = Broker(tmp_path / "broker", fleet_pki.ca, fleet_pki.server_cert, fleet_pki.server_key, NODE_IDS,
-               crl_path=fleet_pki.crl)
+               host_cert_path=fleet_pki.host.cert, crl_path=fleet_pki.crl)
     b.start()
     try:
         yield b

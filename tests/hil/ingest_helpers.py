@@ -60,7 +60,7 @@ def running_ingest(rig, db_path, client_id=None, **store_kw):
     f = rig.fleet
     store = IngestStore(db_path, **store_kw)
     events = Events()
-    ingestor = Ingestor(store, LOOPBACK, rig.broker.port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f),
+    ingestor = Ingestor(store, LOOPBACK, rig.broker.host_port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f),
                         client_id=client_id or "test-ingest-" + secrets.token_hex(4), on_event=events)
     try:
         with ingestor:
@@ -121,13 +121,30 @@ class Client:
 
 
 @contextmanager
-def as_node(rig, node_id, client_id=None):
-    cert, key = node_credentials(rig, node_id)
-    c = Client(rig.broker.port, rig.fleet.ca_cert, cert, key, client_id or node_id + "-attacker")
+def stolen(rig, node_id):
+    """The node is off (its board was taken) while the block runs, and powered up again after it. The broker
+    gives a node's certificate no client id but the node's own, so the real node and a client holding its
+    credentials would keep taking the one session from each other."""
+    node = rig.nodes[node_id]
+    was_running = node.running
+    node.stop()
     try:
-        yield c
+        yield
     finally:
-        c.close()
+        if was_running:
+            node.start()
+
+
+@contextmanager
+def as_node(rig, node_id, client_id=None):
+    """A client holding node_id's own credentials (the node itself is off meanwhile: see stolen)."""
+    cert, key = node_credentials(rig, node_id)
+    with stolen(rig, node_id):
+        c = Client(rig.broker.port, rig.fleet.ca_cert, cert, key, client_id or node_id + "-attacker")
+        try:
+            yield c
+        finally:
+            c.close()
 
 
 class CliProcess:

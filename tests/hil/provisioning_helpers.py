@@ -3,6 +3,7 @@
 node's own credentials as they sit on its board. Every wait is bounded and on a condition."""
 import os
 import queue
+from contextlib import contextmanager
 import re
 import shutil
 import signal
@@ -217,6 +218,40 @@ class Console:
         self._stop = True
         self._thread.join(5)
         self._serial.close()
+
+
+def _children(pid):
+    """The pids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/status" % entry) as f:
+                    if any(line.split() == ["PPid:", str(pid)] for line in f):
+                        found.append(int(entry))
+            except OSError:
+                pass  # gone meanwhile
+    return found
+
+
+@contextmanager
+def frozen(vb):
+    """The virtual board's interpreter stopped (SIGSTOP) while the block runs, then let go: the board as if
+    unplugged while its credentials are used elsewhere. The broker gives a node's certificate no client id
+    but the node's own, so the running node and such a client would keep taking the one session from each
+    other. Let go, the node finds its connection gone and connects again."""
+    pids = _children(vb.pid)
+    assert pids, "the virtual board %s runs no interpreter" % vb.port
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
 
 def start_vboards(folders, attempts=3):

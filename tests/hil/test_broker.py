@@ -83,7 +83,8 @@ def connect(broker, fleet_pki):
 
     def make(cn):
         files = fleet_pki.host if cn == pki.HOST_CN else fleet_pki.client(cn)
-        clients.append(Client(broker.port, fleet_pki.ca, files, cn))
+        port = broker.host_port if cn == pki.HOST_CN else broker.port
+        clients.append(Client(port, fleet_pki.ca, files, cn))
         return clients[-1].connect()
     yield make
     for c in clients:
@@ -132,13 +133,22 @@ def test_acl_rejects_ids_that_could_escape_their_namespace(bad):
 
 
 def test_config_is_mutual_tls_on_loopback_only():
-    conf = render_config(18883, "ca.pem", "server.pem", "server.key", "acl", crlfile="crl.pem", run_as="root")
-    for line in ("listener 18883 127.0.0.1", "require_certificate true", "use_identity_as_username true",
+    conf = render_config(18883, "ca.pem", "server.pem", "server.key", "acl", host_port=18884,
+                         host_cafile="host.pem", crlfile="crl.pem", run_as="root")
+    for line in ("require_certificate true", "use_identity_as_username true",
                  "allow_anonymous false", "tls_version tlsv1.2", "crlfile crl.pem", "acl_file acl",
                  "persistence false", "user root"):
         assert line + "\n" in conf
+    # two listeners: the nodes' (fleet CA, CRL, CN as client id), then the host tools' (the pinned host cert)
+    nodes, host = conf.split("listener 18884 127.0.0.1\n")
+    assert "listener 18883 127.0.0.1\n" in nodes and "cafile ca.pem\n" in nodes
+    assert "use_username_as_clientid true\n" in nodes and "crlfile crl.pem\n" in nodes
+    assert "cafile host.pem\n" in host and "require_certificate true\n" in host
+    assert "use_username_as_clientid" not in host and "crlfile" not in host
     with pytest.raises(BrokerError):
-        render_config(1, "ca.pem\nlistener 1883", "s", "k", "a")
+        render_config(1, "ca.pem\nlistener 1883", "s", "k", "a", host_port=2, host_cafile="h")
+    with pytest.raises(ValueError, match="two ports"):
+        render_config(1, "ca.pem", "s", "k", "a", host_port=1, host_cafile="h")
 
 
 # -- publish / subscribe rights ------------------------------------------------------------------------
@@ -259,7 +269,8 @@ def test_micropython_node_connects_with_der_files(broker, fleet_pki, tmp_path, f
 # -- process lifecycle -----------------------------------------------------------------------------------
 
 def test_stop_leaves_no_process(fleet_pki, tmp_path):
-    b = Broker(tmp_path / "b", fleet_pki.ca, fleet_pki.server_cert, fleet_pki.server_key, ["node-1"])
+    b = Broker(tmp_path / "b", fleet_pki.ca, fleet_pki.server_cert, fleet_pki.server_key, ["node-1"],
+               host_cert_path=fleet_pki.host.cert)
     with b:
         pid = b.pid
         assert b.running and b.port
@@ -276,7 +287,8 @@ def test_workdir_key_copy_stays_private(broker):
 
 def test_start_fails_fast_with_the_broker_log(fleet_pki, tmp_path):
     wrong_key = pki.write_key(tmp_path / "wrong.key", pki.new_key())   # does not match the server cert
-    b = Broker(tmp_path / "b", fleet_pki.ca, fleet_pki.server_cert, wrong_key, ["node-1"])
+    b = Broker(tmp_path / "b", fleet_pki.ca, fleet_pki.server_cert, wrong_key, ["node-1"],
+               host_cert_path=fleet_pki.host.cert)
     with pytest.raises(BrokerError, match="exited with code"):
         b.start(timeout=TIMEOUT)
     assert not b.running
@@ -287,12 +299,13 @@ def test_port_taken_between_probe_and_bind_is_retried(fleet_pki, tmp_path, monke
         squatter.bind((LOOPBACK, 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        ports = iter([taken, broker_mod.free_port()])
+        ports = iter([taken] + [broker_mod.free_port() for _ in range(3)])
         monkeypatch.setattr(broker_mod, "free_port", lambda: next(ports))
-        with Broker(tmp_path / "b", fleet_pki.ca, fleet_pki.server_cert, fleet_pki.server_key, ["node-1"]) as b:
+        with Broker(tmp_path / "b", fleet_pki.ca, fleet_pki.server_cert, fleet_pki.server_key, ["node-1"],
+               host_cert_path=fleet_pki.host.cert) as b:
             assert b.port != taken
             assert "Address already in use" in b.log_text()
-            assert raw_connect(b.port, fleet_pki.ca, fleet_pki.host.cert, fleet_pki.host.key) == CONNACK_OK
+            assert raw_connect(b.host_port, fleet_pki.ca, fleet_pki.host.cert, fleet_pki.host.key) == CONNACK_OK
 
 
 def test_fixed_port_in_use_is_an_error(fleet_pki, tmp_path):
@@ -300,6 +313,6 @@ def test_fixed_port_in_use_is_an_error(fleet_pki, tmp_path):
         squatter.bind((LOOPBACK, 0))
         squatter.listen()
         b = Broker(tmp_path / "b", fleet_pki.ca, fleet_pki.server_cert, fleet_pki.server_key, ["node-1"],
-                   port=squatter.getsockname()[1])
+                   host_cert_path=fleet_pki.host.cert, port=squatter.getsockname()[1])
         with pytest.raises(BrokerError, match="Address already in use"):
             b.start()

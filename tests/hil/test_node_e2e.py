@@ -12,6 +12,7 @@ from fieldnode.bench.faults import FaultProxy
 from fieldnode.bench.rig import Rig
 from fieldnode.bench.vnode import VirtualNode
 
+from ingest_helpers import stolen
 
 THRESHOLDS = {"temperature_c": {"low": 15.0, "high": 25.0, "hysteresis": 0.5, "debounce": 2}}
 ENV = {"temperature_c": 20.0, "humidity_rh": 45.0, "pressure_pa": 101325.0}
@@ -168,13 +169,15 @@ def test_tampered_payload_is_rejected(rig, seen):
     original = seen.payloads[(node, readings(seen, node)[-1].seq)]
     tampered = bytearray(original)
     tampered[30] ^= 0x01  # one bit of the ciphertext
-    client = _node_publisher(rig, node)
-    try:
-        client.publish(f"fieldnode/{node}/reading", bytes(tampered), qos=1).wait_for_publish(10)
-        got = seen.wait_for(lambda c: [r for r in c.rejected if r[3] == bytes(tampered)], what="the rejection")
-    finally:
-        client.loop_stop()
-        client.disconnect()
+    with stolen(rig, node):
+        client = _node_publisher(rig, node)
+        try:
+            client.publish(f"fieldnode/{node}/reading", bytes(tampered), qos=1).wait_for_publish(10)
+            got = seen.wait_for(lambda c: [r for r in c.rejected if r[3] == bytes(tampered)],
+                                what="the rejection")
+        finally:
+            client.loop_stop()
+            client.disconnect()
     assert got[0][0] == node and got[0][2] == "bad-tag"
 
 

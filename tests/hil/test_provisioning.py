@@ -24,7 +24,8 @@ from fieldnode.inventory import Inventory
 from fieldnode.monitor import Monitor
 
 from conftest import pid_exists
-from provisioning_helpers import CLI, Client, Console, Mosquitto, copy_fleet, pem_credentials, start_vboards
+from provisioning_helpers import (CLI, Client, Console, Mosquitto, copy_fleet, frozen, pem_credentials,
+                                  start_vboards)
 
 deploy_mod = pytest.importorskip("fieldnode.deploy", reason="fieldnode.deploy (firmware deployment) not there yet")
 
@@ -39,7 +40,8 @@ class Site:
 
 
 def _broker_config_args(site):
-    args = ["broker-config", "--out", site.broker_dir, "--port", site.port, "--bind", LOOPBACK,
+    args = ["broker-config", "--out", site.broker_dir, "--port", site.port, "--host-port", site.host_port,
+            "--bind", LOOPBACK,
             "--log-file", site.broker_dir / "mosquitto.log"]
     # as root, mosquitto switches to its own user before reading the key: keep it as the user we are
     return args + (["--user", "root"] if os.geteuid() == 0 else [])
@@ -50,6 +52,7 @@ def site(tmp_path_factory):
     s = Site()
     s.dir = tmp_path_factory.mktemp("site")
     s.port = free_port()
+    s.host_port = free_port()
     s.fleet = Fleet(s.dir / "fleet")
     s.cli = CLI(s.fleet.root)
     s.broker_dir = s.dir / "broker"
@@ -86,7 +89,7 @@ def site(tmp_path_factory):
 def seen(site):
     c = Collector()
     f = site.fleet
-    with Monitor(LOOPBACK, site.port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f), **c.callbacks()):
+    with Monitor(LOOPBACK, site.host_port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f), **c.callbacks()):
         yield c
 
 
@@ -132,16 +135,19 @@ def test_a_node_cannot_publish_into_another_nodes_topics(site, tmp_path):
     fs, cfg = on_board(site, "node-a")
     cert, key = pem_credentials(fs, cfg, tmp_path / "stolen")  # node-a's own credentials, off its board
     f = site.fleet
-    host = Client(site.port, f.ca_cert, f.host_cert, f.host_key, "host-watch").connect()
-    intruder = Client(site.port, f.ca_cert, cert, key, "node-a-intruder").connect()
+    host = Client(site.host_port, f.ca_cert, f.host_cert, f.host_key, "host-watch").connect()
     try:
-        host.subscribe("fieldnode/#")
-        for topic in ("fieldnode/node-b/reading", "fieldnode/node-b/alarm", "fieldnode/node-b/status"):
-            intruder.publish(topic, b"forged-by-node-a")  # PUBACKed (MQTT 3.1.1 cannot say no), dropped
-        intruder.publish("fieldnode/node-a/cmd/marker", b"marker")  # its own namespace: delivered, in order
-        got = host.receive_until(b"marker")
+        with frozen(site.vboards["node-a"]):
+            intruder = Client(site.port, f.ca_cert, cert, key, "node-a-intruder").connect()
+            try:
+                host.subscribe("fieldnode/#")
+                for topic in ("fieldnode/node-b/reading", "fieldnode/node-b/alarm", "fieldnode/node-b/status"):
+                    intruder.publish(topic, b"forged-by-node-a")  # PUBACKed (MQTT 3.1.1 cannot say no), dropped
+                intruder.publish("fieldnode/node-a/cmd/marker", b"marker")  # its own namespace: delivered
+                got = host.receive_until(b"marker")
+            finally:
+                intruder.close()
     finally:
-        intruder.close()
         host.close()
     assert not [t for t, p in got if p == b"forged-by-node-a"]
     assert ("fieldnode/node-a/cmd/marker", b"marker") in got

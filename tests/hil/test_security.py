@@ -28,6 +28,7 @@ from ingest_helpers import TIMEOUT, CliProcess, as_node, running_ingest
 ENV = {"temperature_c": 20.0, "humidity_rh": 45.0, "pressure_pa": 101325.0}
 NODES = ("node-1", "node-2")
 SPARE = ("node-3", "node-4", "node-5")
+INGEST_ID = "security-ingest"
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,8 @@ def rig(tmp_path_factory):
         r.broker.stop()
         r.crl_path = pki.write_crl(r.workdir / "crl.pem", pki.make_crl(r.ca_key, r.ca_cert, []))
         r.broker = Broker(r.workdir / "broker-crl", r.fleet.ca_cert, r.server_cert_path, r.server_key_path,
-                          r.node_ids, crl_path=r.crl_path).start()
-        r.fleet.save_broker(LOOPBACK, r.broker.port)
+                          r.node_ids, host_cert_path=r.fleet.host_cert, crl_path=r.crl_path).start()
+        r.fleet.save_broker(LOOPBACK, r.broker.port, host_port=r.broker.host_port)
         for node in NODES:
             r.add_node(node)
         yield r
@@ -48,7 +49,8 @@ def rig(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ingest(rig, tmp_path_factory):
     """(store, events) of one ingest running for the whole module."""
-    with running_ingest(rig, tmp_path_factory.mktemp("ingest") / "ingest.sqlite") as (_, store, events):
+    with running_ingest(rig, tmp_path_factory.mktemp("ingest") / "ingest.sqlite",
+                        client_id=INGEST_ID) as (_, store, events):
         for node in NODES:
             events.wait_for(lambda e: len(e.stored_seqs(node)) >= 2, "messages from %s" % node)
         yield store, events
@@ -78,7 +80,8 @@ def test_a_nodes_credentials_cannot_publish_into_another_nodes_topics(rig, inges
     after = events.items[before:]
     # nothing the attacker sent into other namespaces reached the host: not even as a duplicate or a rejection
     assert not [e for e in after if e.node != "node-1" and e.kind in ("duplicate", "rejected", "conflict")]
-    assert not [e for e in after if e.kind == "status" and e.reason == "offline"]
+    # (node-1's own 'offline' is its will: the node is off while its credentials are used elsewhere)
+    assert not [e for e in after if e.kind == "status" and e.reason == "offline" and e.node != "node-1"]
     assert "node-3" not in store.stats()["nodes"]
 
 
@@ -106,21 +109,37 @@ def test_a_message_moved_to_another_nodes_topic_does_not_verify(rig, ingest):
     assert [r["payload"] for r in store.rejected("bad-tag")] == [genuine]
 
 
-TAKEOVER = ("mosquitto lets any client id through: node-1's certificate connecting as client id node-2 takes "
-            "node-2's session over (and fires its 'offline' will). Fix: use_username_as_clientid in the broker "
-            "config (the host tools then need one certificate each)")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=TAKEOVER)
-def test_a_nodes_credentials_cannot_take_over_another_nodes_session(rig, ingest):
+def test_a_nodes_credentials_hold_no_session_but_their_own(rig, ingest):
+    """The node listener makes the certificate's CN the client id: node-1's credentials asking for node-2's
+    client id, or ingest's, get node-1's. Nobody's session is taken over: node-2 goes on publishing, no
+    'offline' will fires for it, and ingest judges everything the attacker sent."""
     store, events = ingest
     before = len(events.items)
-    with as_node(rig, "node-1", client_id="node-2"):
+    for asked in ("node-2", INGEST_ID):
+        with as_node(rig, "node-1", client_id=asked) as attacker:
+            _marker(attacker, events, "asked-" + asked)  # ingest is still there and still subscribed
         start = events.committed_up_to("node-2")
         events.wait_for(lambda e: e.committed_up_to("node-2") >= start + 2, "node-2 publishing")
     assert not [e for e in events.items[before:] if e.kind == "status" and e.node == "node-2"
                 and e.reason == "offline"]
-    assert "closing old connection" not in rig.broker.log_text()
+    log = rig.broker.log_text()
+    for asked in ("node-2", INGEST_ID):
+        assert "Client %s already connected" % asked not in log
+        assert not re.search(r"as %s \([^)]*u'node-1'\)" % re.escape(asked), log)
+    assert re.search(r"as node-1 \([^)]*u'node-1'\)", log)
+
+
+def test_each_listener_takes_only_its_own_certificates(rig, tmp_path):
+    """A node's certificate is refused on the host tools' listener (where client ids are free to choose),
+    and the host's on the nodes' listener."""
+    cert, key = _client_files(tmp_path, rig, "node-5")
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED|UNKNOWN_CA|BAD_CERTIFICATE"):
+        _refusal(rig.broker.host_port, rig.fleet.ca_cert, cert, key)
+    f = rig.fleet
+    with pytest.raises(ssl.SSLError, match="CERTIFICATE_VERIFY_FAILED|UNKNOWN_CA|BAD_CERTIFICATE"):
+        _refusal(rig.broker.port, f.ca_cert, f.host_cert, f.host_key)
+    assert _connack(rig.broker.host_port, f.ca_cert, f.host_cert, f.host_key) == b"\x20\x02\x00\x00"
+    assert _connack(rig.broker.port, f.ca_cert, cert, key) == b"\x20\x02\x00\x00"
 
 
 # -- certificates the broker must refuse -------------------------------------------------------------------
@@ -205,7 +224,7 @@ def _impostor_broker(rig, tmp_path, issuer, hostnames=("localhost",)):
     key, cert = pki.issue_server_cert(*issuer, hostnames=hostnames, ips=("127.0.0.1",) if "localhost" in
                                       hostnames else ())
     return Broker(tmp_path / "impostor", rig.fleet.ca_cert, pki.write_cert(tmp_path / "imp.pem", cert),
-                  pki.write_key(tmp_path / "imp.key", key), rig.node_ids)
+                  pki.write_key(tmp_path / "imp.key", key), rig.node_ids, host_cert_path=rig.fleet.host_cert)
 
 
 @pytest.mark.parametrize("case,node_id", [("rogue-ca", "node-3"), ("wrong-name", "node-5")])

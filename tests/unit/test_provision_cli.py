@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fieldnode import cli, pki, provision as provision_mod
 from fieldnode.fleet import Fleet
+from fieldnode.inventory import Inventory
 from provision_fakes import FakeBench
 
 PSK = "wifi-passphrase-do-not-print"
@@ -182,6 +183,54 @@ def test_broker_config_files(env, run):
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
     actions = [json.loads(l)["action"] for l in (fleet.root / "audit.log").read_text().splitlines()]
     assert actions.count("broker-config") == 2 and "revoke" in actions
+
+
+def test_broker_config_gives_the_host_tools_a_listener_that_pins_the_host_certificate(env, run):
+    bench, fleet, tmp = env
+    run("ca", "init", "--broker", "127.0.0.1:8883")
+    out_dir = tmp / "broker"
+    res = json.loads(run("broker-config", "--out", str(out_dir), "--port", "18883", "--host-port", "18884",
+                         "--json")[0])
+    assert (res["port"], res["host_port"]) == (18883, 18884)
+    assert (out_dir / "host.pem").read_bytes() == fleet.host_cert.read_bytes()
+    assert "cafile %s\n" % (out_dir / "host.pem") in (out_dir / "mosquitto.conf").read_text()
+    assert fleet.host_broker() == ("127.0.0.1", 18884) and fleet.broker() == ("127.0.0.1", 8883)
+    _, err = run("broker-config", "--out", str(out_dir), "--port", "18883", "--host-port", "18883", code=2)
+    assert "two different ports" in err and err.count("\n") == 1
+
+
+def test_host_tools_without_a_host_listener_say_how_to_get_one(env, run):
+    run("ca", "init", "--broker", "127.0.0.1:8883")
+    for cmd in (["monitor"], ["ingest"]):
+        _, err = run(*cmd, code=1)
+        assert "no host listener recorded" in err and "fieldnode broker-config" in err and err.count("\n") == 1
+
+
+def test_ca_host_cert_replaces_the_host_certificate_and_broker_config_refuses_a_ca_issued_one(env, run):
+    bench, fleet, tmp = env
+    run("ca", "init", "--broker", "127.0.0.1:8883")
+    old = fleet.host_cert.read_bytes()
+    # a fleet made before the host listener: its host certificate signed by the fleet CA
+    ca_key = pki.load_key(fleet.ca_key)
+    key, cert = pki.issue_client_cert(ca_key, pki.load_cert(fleet.ca_cert), pki.HOST_CN)
+    pki.write_cert(fleet.host_cert, cert)
+    pki.write_key(fleet.host_key, key)
+    _, err = run("broker-config", "--out", str(tmp / "broker"), code=1)
+    assert "fieldnode ca host-cert" in err and err.count("\n") == 1
+    assert not (tmp / "broker").exists()
+    res = json.loads(run("ca", "host-cert", "--json")[0])
+    new = pki.load_cert(fleet.host_cert)
+    assert pki.is_self_signed(new) and fleet.host_cert.read_bytes() != old
+    assert res["host_fingerprint"] == pki.fingerprint(new)
+    assert _mode(fleet.host_key) == 0o600 and not list(fleet.root.glob(".host*"))
+    assert pki.load_key(fleet.host_key).public_key().public_numbers() == new.public_key().public_numbers()
+    run("broker-config", "--out", str(tmp / "broker"))
+    with Inventory(fleet.inventory_db) as inv:
+        hosts = inv.certificates(kind="host")
+    assert [h["status"] for h in hosts] == ["superseded", "active"]
+    assert hosts[-1]["fingerprint"] == res["host_fingerprint"]
+    actions = [json.loads(l)["action"] for l in (fleet.root / "audit.log").read_text().splitlines()]
+    assert "ca host-cert" in actions
 
 
 def _secret_forms(data):

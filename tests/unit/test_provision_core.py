@@ -363,14 +363,15 @@ def test_ca_init_makes_the_three_certificates_and_records_them(tmp_path):
     assert _cn(host) == "fieldnode-host" and res["ca_fingerprint"] == pki.fingerprint(ca_cert)
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["mqtt.plant"]
-    for c in (host, server):
-        c.verify_directly_issued_by(ca_cert)
+    server.verify_directly_issued_by(ca_cert)
+    host.verify_directly_issued_by(host)  # self-signed: the broker's host listener pins it
+    assert pki.is_self_signed(host) and ca.host_cert_problem(fleet) is None
     assert fleet.broker() == ("mqtt.plant", 8883)
     for p in (fleet.ca_key, fleet.host_key, fleet.server_key):
         assert p.stat().st_mode & 0o777 == 0o600
     with Inventory(fleet.inventory_db) as inv:
         assert sorted(c["kind"] for c in inv.certificates()) == ["host", "server"]
-    assert len(list(fleet.issued_dir.glob("*.pem"))) == 2
+    assert len(list(fleet.issued_dir.glob("*.pem"))) == 1  # the server's: the host's is not the CA's
     assert pki.load_crl(fleet.crl).is_signature_valid(ca_cert.public_key())
     assert not list(fleet.root.glob(".ca-init-*"))
 

@@ -53,7 +53,7 @@ class Delivery:
 
     def _new_ingestor(self):
         f = self.rig.fleet
-        return Ingestor(self.store, LOOPBACK, self.rig.broker.port, f.ca_cert, f.host_cert, f.host_key,
+        return Ingestor(self.store, LOOPBACK, self.rig.broker.host_port, f.ca_cert, f.host_cert, f.host_key,
                         KeyRing(f), client_id=self._client_id, on_event=self._on_event)
 
     def _on_event(self, ev):

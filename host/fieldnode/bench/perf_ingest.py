@@ -206,7 +206,7 @@ def ingest_figures(workdir, messages=20000, rounds=5, nodes=20, window=600, log=
         f = rig.fleet
         for node, key in keys.items():  # the ingest side looks them up as `fieldnode ingest` does
             f.save_payload_key(node, KEY_ID, key)
-        spec = {"port": rig.broker.port, "ca": str(f.ca_cert), "cert": str(f.host_cert), "key": str(f.host_key),
+        spec = {"port": rig.broker.host_port, "ca": str(f.ca_cert), "cert": str(f.host_cert), "key": str(f.host_key),
                 "fleet": str(f.root), "workdir": str(workdir), "cpu": SUB_CPU}
         spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(spec))

@@ -52,7 +52,7 @@ class Rig:
             p.parent.mkdir(parents=True, exist_ok=True)
         pki.write_cert(f.ca_cert, self.ca_cert)
         pki.write_key(f.ca_key, ca_key)
-        host_key, host_cert = pki.issue_client_cert(ca_key, self.ca_cert, pki.HOST_CN)
+        host_key, host_cert = pki.make_host_cert()
         pki.write_cert(f.host_cert, host_cert)
         pki.write_key(f.host_key, host_key)
         server_dir = self.workdir / "server"
@@ -97,9 +97,9 @@ class Rig:
         try:
             self._make_pki()
             self.broker = Broker(self.workdir / "broker", self.fleet.ca_cert, self.server_cert_path,
-                                 self.server_key_path, self.node_ids,
+                                 self.server_key_path, self.node_ids, host_cert_path=self.fleet.host_cert,
                                  persistence=self.broker_persistence).start()
-            self.fleet.save_broker(LOOPBACK, self.broker.port)
+            self.fleet.save_broker(LOOPBACK, self.broker.port, host_port=self.broker.host_port)
             self.bus = I2CBusServer().start()
             for node_id in self.autostart:
                 self.add_node(node_id)
@@ -116,16 +116,17 @@ class Rig:
         self.broker.stop()
 
     def start_broker(self):
-        """Start the broker again on the port it had, so nodes and subscribers reconnect to where they were."""
+        """Start the broker again on the ports it had, so nodes and subscribers reconnect to where they were."""
         self.broker = Broker(self.workdir / "broker", self.fleet.ca_cert, self.server_cert_path,
-                             self.server_key_path, self.node_ids, port=self.broker.port,
+                             self.server_key_path, self.node_ids, host_cert_path=self.fleet.host_cert,
+                             port=self.broker.port, host_port=self.broker.host_port,
                              persistence=self.broker_persistence).start()
         return self.broker
 
     def monitor(self, **callbacks):
         """A verifying subscriber with the host certificate (start it with `with` or .start())."""
         f = self.fleet
-        return Monitor(LOOPBACK, self.broker.port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f),
+        return Monitor(LOOPBACK, self.broker.host_port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f),
                        **callbacks)
 
     def stop(self):

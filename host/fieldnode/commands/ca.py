@@ -1,4 +1,5 @@
-"""`fieldnode ca init`: the fleet CA, the host's client certificate and the broker's server certificate."""
+"""`fieldnode ca init`: the fleet CA, the host's client certificate and the broker's server certificate;
+`fieldnode ca host-cert`: a new host certificate."""
 import json
 
 from . import arg, command, fleet_arg
@@ -54,3 +55,27 @@ def do_ca_init(args):
     print("  host        CN fieldnode-host, sha256 %s" % result["host_fingerprint"])
     print("  broker      %s, sha256 %s" % (", ".join(names + ips), result["server_fingerprint"]))
     print("next: fieldnode provision NODE_ID --port PORT ...   then fieldnode broker-config --out DIR")
+
+
+@command("ca host-cert", "replace the host tools' certificate and key with a new self-signed pair "
+                         "(renewal); then run broker-config and reload the broker")
+@fleet_arg
+@operator_arg
+@arg("--json", action="store_true", help="print the result as one JSON object")
+def do_ca_host_cert(args):
+    from .. import ca
+    from ..fleet import Fleet, resolve
+    from ..provision import Action
+
+    fleet = Fleet(resolve(args.fleet))
+    fleet.require_ca()
+    with Action(fleet, "ca host-cert", None, args.operator) as act:
+        result = ca.renew_host_cert(fleet)
+        act.hashes = {"host": result["host_fingerprint"]}
+        act.details = {"host_not_after": result["host_not_after"]}
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    print("host certificate replaced: CN fieldnode-host, sha256 %s, valid until %s"
+          % (result["host_fingerprint"], result["host_not_after"]))
+    print("next: fieldnode broker-config --out DIR, then reload mosquitto (kill -HUP) so it pins the new one")

@@ -52,7 +52,7 @@ def _event_line(event, as_json):
 @command("ingest", "keep every verified message in SQLite once (deduplicated), log every rejected one")
 @fleet_arg
 @arg("--db", metavar="PATH", help="SQLite database (default: <fleet>/ingest.sqlite)")
-@arg("--broker", metavar="HOST:PORT", help="broker address (default: the one recorded in the fleet)")
+@arg("--broker", metavar="HOST:PORT", help="the broker's host listener (default: the one recorded in the fleet)")
 @arg("--json", action="store_true", help="one JSON object per event (stored, duplicate, conflict, rejected, status)")
 @arg("--count", type=int, metavar="N", help="stop after N newly stored messages")
 @arg("--client-id", default=None, metavar="ID",
@@ -65,7 +65,7 @@ def do_ingest(args):
         raise UsageError("--count: give a positive number of messages")
     fleet = Fleet(resolve(args.fleet))
     fleet.require(fleet.ca_cert, fleet.host_cert, fleet.host_key)
-    host, port = _broker_address(args.broker) if args.broker else fleet.broker()
+    host, port = _broker_address(args.broker) if args.broker else fleet.host_broker()
     done = threading.Event()
     stored = [0]
     out_lock = threading.Lock()

@@ -106,7 +106,7 @@ def _broker_address(text):
 
 @command("monitor", "subscribe with the host certificate, verify and open every message, print a live table")
 @fleet_arg
-@arg("--broker", metavar="HOST:PORT", help="broker address (default: the one recorded in the fleet)")
+@arg("--broker", metavar="HOST:PORT", help="the broker's host listener (default: the one recorded in the fleet)")
 @arg("--json", action="store_true", help="one JSON object per verified message")
 @arg("--count", type=int, metavar="N", help="stop after N verified messages")
 def do_monitor(args):
@@ -116,7 +116,7 @@ def do_monitor(args):
 
     fleet = Fleet(resolve(args.fleet))
     fleet.require(fleet.ca_cert, fleet.host_cert, fleet.host_key)
-    host, port = _broker_address(args.broker) if args.broker else fleet.broker()
+    host, port = _broker_address(args.broker) if args.broker else fleet.host_broker()
     done = threading.Event()
     seen = [0]
 
