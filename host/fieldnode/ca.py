@@ -208,33 +208,49 @@ def init(fleet, passphrase=None, server_names=DEFAULT_SERVER_NAMES, server_ips=D
 
 def renew_host_cert(fleet):
     """Replace the host tools' certificate and key with a new self-signed pair (renewal; or a fleet made when
-    the CA issued it, which the broker's host listener cannot pin). Returns the new fingerprint and expiry.
-    The broker pins the certificate: run `fieldnode broker-config` and reload mosquitto afterwards.
+    the CA issued it, which the broker's host listener cannot pin). Earlier host certificates are marked
+    revoked, so the next CRL carries a CA-issued one. Returns the new fingerprint and expiry. The broker
+    pins the certificate: run `fieldnode broker-config` and restart mosquitto afterwards.
 
-    Crash-safe: the pair is written into a new directory that replaces `host/` by renames, so the key and
-    certificate always belong together."""
+    Crash-safe: the pair is written and synced in a new directory that replaces `host/` by two renames;
+    a run interrupted between them is finished by the next run (or put back, when it had not got that far)."""
     fleet.require_ca()
-    key, cert = pki.make_host_cert()
     host_dir = fleet.host_cert.parent
-    stage = Path(tempfile.mkdtemp(dir=fleet.root, prefix=".host-"))
     old = fleet.root / ".host-old"
-    try:
-        pki.write_key(stage / fleet.host_key.name, key)
-        pki.write_cert(stage / fleet.host_cert.name, cert)
-        shutil.rmtree(old, ignore_errors=True)
-        if host_dir.exists():
-            os.rename(host_dir, old)
-        os.rename(stage, host_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+    with _host_lock(fleet):
         if old.exists() and not host_dir.exists():
-            os.rename(old, host_dir)
-        raise
-    _fsync_dir(fleet.root)
-    shutil.rmtree(old, ignore_errors=True)
-    with Inventory(fleet.inventory_db) as inv:
-        inv.replace_host_certificate(cert_info(cert, pki.HOST_CN, "host"))
+            os.rename(old, host_dir)  # interrupted between the renames: the old pair is still the one in use
+        shutil.rmtree(old, ignore_errors=True)
+        for stale in fleet.root.glob(".host-new-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        key, cert = pki.make_host_cert()
+        stage = Path(tempfile.mkdtemp(dir=fleet.root, prefix=".host-new-"))
+        try:
+            pki.write_key(stage / fleet.host_key.name, key)
+            pki.write_cert(stage / fleet.host_cert.name, cert)
+            _fsync_dir(stage)
+            if host_dir.exists():
+                os.rename(host_dir, old)
+            os.rename(stage, host_dir)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            if old.exists() and not host_dir.exists():
+                os.rename(old, host_dir)
+            raise
+        _fsync_dir(fleet.root)
+        shutil.rmtree(old, ignore_errors=True)
+        with Inventory(fleet.inventory_db) as inv:
+            inv.replace_host_certificate(cert_info(cert, pki.HOST_CN, "host"))
     return {"host_fingerprint": pki.fingerprint(cert), "host_not_after": iso(cert.not_valid_after_utc)}
+
+
+@contextmanager
+def _host_lock(fleet):
+    """One host certificate renewal at a time (its lock is named as no node's can be)."""
+    fleet.locks_dir.mkdir(parents=True, exist_ok=True)
+    with open(fleet.locks_dir / (pki.HOST_CN + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def host_cert_problem(fleet):

@@ -13,7 +13,8 @@ a per-user default. Secret files are 0600, written atomically.
   locks/<node>.lock            one fieldnode process at a time per node (flock)
   inventory.sqlite             the inventory (fieldnode.inventory)
   audit.log audit.head         the audit trail (fieldnode.audit)
-  broker.json                  where nodes reach the broker {"host", "port", "server_name"?}
+  broker.json                  where nodes reach the broker {"host", "port", "server_name"?}, the host
+                               tools' listener port {"host_port"} and the last broker-config DIR
 ```
 
 Payload keys file (`keys/<node>.json`): `{"<key_id>": {"key": hex, "created": iso, "not_after": iso|null,
@@ -195,19 +196,20 @@ class Fleet:
 
     def broker(self):
         """(host, port) of the fleet's broker as last recorded: where nodes connect."""
-        return self._address("port", f"no broker address recorded in {self.root}: pass --broker HOST:PORT "
-                                     "(or record one with `fieldnode ca init --broker HOST:PORT`)")
+        return self._address("port")
 
     def host_broker(self):
         """(host, port) of the broker's host listener, where the host tools (monitor, ingest) connect."""
-        return self._address("host_port", f"no host listener recorded in {self.root}: run `fieldnode "
-                                          "broker-config` (it records one) or pass --broker HOST:PORT (the "
-                                          "broker's host listener)")
+        return self._address("host_port")
 
-    def _address(self, port_key, missing):
+    def _address(self, port_key):
         data = self.broker_info()
-        if "host" not in data or port_key not in data:
-            raise FieldnodeError(missing)
+        if "host" not in data or "port" not in data:
+            raise FieldnodeError(f"no broker address recorded in {self.root}: pass --broker HOST:PORT "
+                                 "(or record one with `fieldnode ca init --broker HOST:PORT`)")
+        if port_key not in data:
+            raise FieldnodeError(f"no host listener recorded in {self.root}: run `fieldnode broker-config` "
+                                 "(it records one) or pass --broker HOST:PORT (the broker's host listener)")
         return data["host"], int(data[port_key])
 
     def save_broker(self, host=None, port=None, **extra):

@@ -182,10 +182,13 @@ class Inventory:
                        (serial_hex(c["serial"]), c["subject"], c["kind"], c["fingerprint"], c.get("key_id"),
                         c["not_before"], c["not_after"], c["issued_at"], status))
 
-    def replace_host_certificate(self, cert_info):
-        """Record a new host certificate as the active one; earlier host certificates become superseded."""
+    def replace_host_certificate(self, cert_info, when=None):
+        """Record a new host certificate as the active one; earlier ones are revoked (the CRL then carries
+        any the fleet CA signed, as fleets made before the pinned host certificate had)."""
         with self.transaction() as db:
-            db.execute("UPDATE certificates SET status = 'superseded' WHERE kind = 'host' AND status = 'active'")
+            db.execute("UPDATE certificates SET status = 'revoked', revoked_at = ? WHERE kind = 'host' "
+                       "AND status != 'revoked' AND serial != ?",
+                       (iso(when or utcnow()), serial_hex(cert_info["serial"])))
         self.add_certificate(cert_info, "active")
 
     def add_pending_node(self, node_id, board=None, port=None, operator=None):

@@ -17,7 +17,7 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from . import protocol
+from . import pki, protocol
 from .errors import FieldnodeError
 
 TOPICS = ("fieldnode/+/reading", "fieldnode/+/alarm", "fieldnode/+/status")
@@ -76,7 +76,8 @@ class Monitor:
 
     By default a throwaway session (a random client id, clean session). `client_id` with
     `clean_session=False` makes a persistent session: the broker keeps the subscription and queues QoS 1
-    messages while this client is away (fieldnode.ingest uses that, with `manual_ack`).
+    messages while this client is away (fieldnode.ingest uses that, with `manual_ack`). A client id starts
+    with pki.HOST_PREFIX, which no node id may: no node's credentials can then take this session over.
     """
 
     def __init__(self, host, port, ca, cert, key, keys, on_message=None, on_status=None, on_reject=None,
@@ -88,8 +89,8 @@ class Monitor:
         self._host, self._port = host, port
         self._subscribed = threading.Event()
         self._connect_error = None
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or "fieldnode-monitor-" + secrets.token_hex(4),
+        client_id = pki.check_host_name(client_id or pki.HOST_PREFIX + "monitor-" + secrets.token_hex(4))
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=clean_session, protocol=mqtt.MQTTv311, manual_ack=manual_ack)
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
         ctx.load_cert_chain(str(cert), str(key))

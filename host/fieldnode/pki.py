@@ -27,7 +27,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import UsageError
 
-HOST_CN = "fieldnode-host"
+HOST_PREFIX = "fieldnode-"  # the host tools' names (CN, MQTT client ids); no node id starts with it
+HOST_CN = HOST_PREFIX + "host"
 CA_DAYS = 3650
 SERVER_DAYS = 825
 CLIENT_DAYS = 825
@@ -54,10 +55,24 @@ class NodeTLSFiles(NamedTuple):
 # -- issuing -------------------------------------------------------------------------------------------
 
 def check_node_id(node_id: str) -> str:
-    """Return `node_id` if it is a valid node id (also used for host CNs), else raise UsageError."""
+    """Return `node_id` if it is a valid node id, else raise UsageError. Names starting with HOST_PREFIX are
+    the host tools': the broker makes a node certificate's CN its MQTT client id, so a node named like a
+    host tool's client id could take that tool's session over."""
     if not isinstance(node_id, str) or not _NODE_ID.match(node_id):
         raise UsageError("invalid node id %r: use 1-32 of A-Z a-z 0-9 _ -" % (node_id,))
+    if node_id.startswith(HOST_PREFIX):
+        raise UsageError("node id %r: names starting with %r are the host tools'; choose another"
+                         % (node_id, HOST_PREFIX))
     return node_id
+
+
+def check_host_name(name: str) -> str:
+    """Return `name` if it can name a host tool (a CN or an MQTT client id): HOST_PREFIX, then what a node id
+    may hold; else raise UsageError."""
+    if not isinstance(name, str) or not name.startswith(HOST_PREFIX) or not _NODE_ID.match(name):
+        raise UsageError("host client name %r: %r followed by A-Z a-z 0-9 _ - (32 characters at most)"
+                         % (name, HOST_PREFIX))
+    return name
 
 
 def new_key() -> PrivateKey:

@@ -61,7 +61,7 @@ def running_ingest(rig, db_path, client_id=None, **store_kw):
     store = IngestStore(db_path, **store_kw)
     events = Events()
     ingestor = Ingestor(store, LOOPBACK, rig.broker.host_port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f),
-                        client_id=client_id or "test-ingest-" + secrets.token_hex(4), on_event=events)
+                        client_id=client_id or "fieldnode-test-" + secrets.token_hex(4), on_event=events)
     try:
         with ingestor:
             yield ingestor, store, events

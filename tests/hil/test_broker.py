@@ -126,7 +126,8 @@ def test_acl_grants_each_node_only_its_own_topics():
     assert "pattern" not in acl
 
 
-@pytest.mark.parametrize("bad", ["node-1\ntopic readwrite #", "node/1", "node+", "#", "", "x" * 33])
+@pytest.mark.parametrize("bad", ["node-1\ntopic readwrite #", "node/1", "node+", "#", "", "x" * 33,
+                                 "fieldnode-host", "fieldnode-ingest"])
 def test_acl_rejects_ids_that_could_escape_their_namespace(bad):
     with pytest.raises(UsageError):
         render_acl([bad])
@@ -306,6 +307,12 @@ def test_port_taken_between_probe_and_bind_is_retried(fleet_pki, tmp_path, monke
             assert b.port != taken
             assert "Address already in use" in b.log_text()
             assert raw_connect(b.host_port, fleet_pki.ca, fleet_pki.host.cert, fleet_pki.host.key) == CONNACK_OK
+
+
+def test_one_port_for_both_listeners_is_an_error(fleet_pki, tmp_path):
+    with pytest.raises(BrokerError, match="two ports"):
+        Broker(tmp_path / "b", fleet_pki.ca, fleet_pki.server_cert, fleet_pki.server_key, ["node-1"],
+               host_cert_path=fleet_pki.host.cert, port=18883, host_port=18883)
 
 
 def test_fixed_port_in_use_is_an_error(fleet_pki, tmp_path):

@@ -79,7 +79,7 @@ def test_ingest_keeps_every_message_once_with_the_bytes_that_arrived(rig, seen, 
 
 
 def test_messages_published_while_ingest_is_down_arrive_after_a_restart(rig, seen, tmp_path):
-    db, client_id = tmp_path / "ingest.sqlite", "test-restart-" + secrets.token_hex(4)
+    db, client_id = tmp_path / "ingest.sqlite", "fieldnode-restart-" + secrets.token_hex(4)
     with running_ingest(rig, db, client_id=client_id) as (_, store, events):
         for node in NODES:
             events.wait_for(lambda e: len(e.stored_seqs(node)) >= 3, "3 stored messages from %s" % node)
@@ -102,7 +102,7 @@ def test_messages_published_while_ingest_is_down_arrive_after_a_restart(rig, see
 def test_a_crash_after_the_ack_loses_nothing(rig, seen, tmp_path):
     """`fieldnode ingest` killed with SIGKILL mid-stream: everything it reported stored is in the database,
     and whatever it had received but not committed is delivered again (it was never acknowledged)."""
-    db, client_id = tmp_path / "ingest.sqlite", "test-crash-" + secrets.token_hex(4)
+    db, client_id = tmp_path / "ingest.sqlite", "fieldnode-crash-" + secrets.token_hex(4)
     cli = CliProcess("ingest", "--fleet", str(rig.fleet.root), "--db", str(db), "--json", "--client-id", client_id)
     try:
         def stored(lines):
@@ -129,7 +129,7 @@ def test_a_crash_after_the_ack_loses_nothing(rig, seen, tmp_path):
 def test_cli_ingest_count_then_gaps(rig, seen):
     db = rig.fleet.root / "ingest.sqlite"   # the default place
     cli = CliProcess("ingest", "--fleet", str(rig.fleet.root), "--count", "5",
-                     "--client-id", "test-cli-" + secrets.token_hex(4))
+                     "--client-id", "fieldnode-cli-" + secrets.token_hex(4))
     try:
         assert cli.wait() == 0, cli.stderr
     finally:
@@ -220,7 +220,7 @@ def test_unknown_node_in_the_acl_is_rejected(rig, seen, tmp_path):
 def test_cli_ingest_commits_and_reports_on_sigterm(rig, seen, tmp_path):
     db = tmp_path / "ingest.sqlite"
     cli = CliProcess("ingest", "--fleet", str(rig.fleet.root), "--db", str(db), "--json",
-                     "--client-id", "test-term-" + secrets.token_hex(4))
+                     "--client-id", "fieldnode-term-" + secrets.token_hex(4))
     try:
         cli.wait_for_lines(lambda lines: len([l for l in lines if '"stored"' in l]) >= 4, "4 stored messages")
         code = cli.terminate()

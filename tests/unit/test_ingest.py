@@ -310,7 +310,7 @@ def host_tls(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tls")
     ca_key, ca_cert = pki.make_ca()
-    key, cert = pki.issue_client_cert(ca_key, ca_cert, pki.HOST_CN)
+    key, cert = pki.make_host_cert()
     return (pki.write_cert(folder / "ca.pem", ca_cert), pki.write_cert(folder / "host.pem", cert),
             pki.write_key(folder / "host.key", key))
 
@@ -498,7 +498,7 @@ def test_cli_ingest_without_a_broker_is_one_line_and_leaves_no_database(tmp_path
 
     f = Fleet(tmp_path / "fleet")
     ca_key, ca_cert = pki.make_ca()
-    key, cert = pki.issue_client_cert(ca_key, ca_cert, pki.HOST_CN)
+    key, cert = pki.make_host_cert()
     for path in (f.ca_cert, f.host_cert):
         path.parent.mkdir(parents=True, exist_ok=True)
     pki.write_cert(f.ca_cert, ca_cert)

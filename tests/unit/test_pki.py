@@ -73,10 +73,22 @@ def test_client_cert_carries_the_node_id_and_client_auth_only(ca):
 
 
 def test_host_cert_and_random_serials(ca):
-    certs = [pki.issue_client_cert(*ca, pki.HOST_CN)[1] for _ in range(3)]
+    certs = [pki.make_host_cert()[1] for _ in range(3)]
     assert {cn(c) for c in certs} == {"fieldnode-host"}
+    assert all(pki.is_self_signed(c) for c in certs)
+    certs[0].verify_directly_issued_by(certs[0])
     assert len({c.serial_number for c in certs}) == 3
     assert all(0 < c.serial_number < 2 ** 159 for c in certs)
+
+
+@pytest.mark.parametrize("name", ["fieldnode-host", "fieldnode-ingest", "fieldnode-x"])
+def test_the_host_tools_names_are_no_node_ids(ca, name):
+    """The broker makes a node certificate's CN its client id: the CA never signs a host tool's name."""
+    with pytest.raises(UsageError, match="host tools"):
+        pki.issue_client_cert(*ca, name)
+    assert pki.check_host_name(name) == name
+    with pytest.raises(UsageError):
+        pki.check_host_name("node-1")
 
 
 def test_client_cert_from_another_ca_does_not_chain(ca):

@@ -6,9 +6,10 @@ import os
 import stat
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fieldnode import cli, pki, provision as provision_mod
+from fieldnode import ca as ca_mod, cli, pki, provision as provision_mod
 from fieldnode.fleet import Fleet
 from fieldnode.inventory import Inventory
 from provision_fakes import FakeBench
@@ -212,9 +213,13 @@ def test_ca_host_cert_replaces_the_host_certificate_and_broker_config_refuses_a_
     old = fleet.host_cert.read_bytes()
     # a fleet made before the host listener: its host certificate signed by the fleet CA
     ca_key = pki.load_key(fleet.ca_key)
-    key, cert = pki.issue_client_cert(ca_key, pki.load_cert(fleet.ca_cert), pki.HOST_CN)
+    key = pki.new_key()
+    cert = pki._leaf_builder(pki.load_cert(fleet.ca_cert), pki.HOST_CN, key, 825,
+                             ExtendedKeyUsageOID.CLIENT_AUTH).sign(ca_key, hashes.SHA256())
     pki.write_cert(fleet.host_cert, cert)
     pki.write_key(fleet.host_key, key)
+    with Inventory(fleet.inventory_db) as inv:  # as `ca init` recorded it then
+        inv.add_certificate(ca_mod.cert_info(cert, pki.HOST_CN, "host"), "active")
     _, err = run("broker-config", "--out", str(tmp / "broker"), code=1)
     assert "fieldnode ca host-cert" in err and err.count("\n") == 1
     assert not (tmp / "broker").exists()
@@ -227,8 +232,11 @@ def test_ca_host_cert_replaces_the_host_certificate_and_broker_config_refuses_a_
     run("broker-config", "--out", str(tmp / "broker"))
     with Inventory(fleet.inventory_db) as inv:
         hosts = inv.certificates(kind="host")
-    assert [h["status"] for h in hosts] == ["superseded", "active"]
+    assert [h["status"] for h in hosts] == ["revoked", "revoked", "active"]
     assert hosts[-1]["fingerprint"] == res["host_fingerprint"]
+    # the CA-issued one is on the CRL the listeners load: the nodes' listener refuses it from now on
+    crl = pki.load_crl(tmp / "broker" / "crl.pem")
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
     actions = [json.loads(l)["action"] for l in (fleet.root / "audit.log").read_text().splitlines()]
     assert "ca host-cert" in actions
 

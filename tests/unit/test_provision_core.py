@@ -206,6 +206,32 @@ def _run_killed(fn):
     return status
 
 
+@pytest.mark.parametrize("kill_after", [1, 2], ids=["old-pair-moved-away", "new-pair-in-place"])
+def test_a_host_cert_renewal_killed_between_its_renames_is_finished_by_the_next(tmp_path, monkeypatch, kill_after):
+    fleet = Fleet(tmp_path / "fleet")
+    ca.init(fleet)
+    renames = []
+    real_rename = os.rename
+
+    def rename(src, dst):
+        real_rename(src, dst)
+        renames.append(dst)
+        if len(renames) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def child():
+        monkeypatch.setattr(ca.os, "rename", rename)
+        ca.renew_host_cert(fleet)
+
+    assert os.WIFSIGNALED(_run_killed(child))
+    assert fleet.host_cert.exists() == (kill_after == 2)  # after the first rename the pair is put aside
+    ca.renew_host_cert(fleet)
+    cert, key = pki.load_cert(fleet.host_cert), pki.load_key(fleet.host_key)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert fleet.host_key.stat().st_mode & 0o777 == 0o600
+    assert not list(fleet.root.glob(".host*"))
+
+
 @pytest.mark.parametrize("kill_at", ["node.k1.der", "config.json"])
 def test_killed_between_issue_and_board_resumes_without_a_second_certificate(fleet, bench, kill_at):
     board = bench.boards[PORT]

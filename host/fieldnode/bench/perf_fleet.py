@@ -79,7 +79,7 @@ def fleet_step(workdir, n, duration_s=300, interval_s=1.0, heapsize="256k", star
     f = rig.fleet
     store = IngestStore(workdir / "ingest.sqlite", keys=KeyRing(f))
     ingestor = Ingestor(store, LOOPBACK, rig.broker.host_port, f.ca_cert, f.host_cert, f.host_key, KeyRing(f),
-                        client_id="perf-fleet", on_event=on_event)
+                        client_id="fieldnode-perf-fleet", on_event=on_event)
     result = {"nodes": n, "duration_s": duration_s, "interval_s": interval_s, "heapsize": heapsize}
     try:
         ingestor.start()

@@ -295,7 +295,7 @@ def _bare(spec, total):
 
     counter = _Counter(total)
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="perf-bare-%d" % os.getpid(),
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fieldnode-perf-bare-%d" % os.getpid(),
                          clean_session=True, protocol=mqtt.MQTTv311)
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=spec["ca"])
     ctx.load_cert_chain(spec["cert"], spec["key"])
@@ -330,7 +330,7 @@ def _ingest(spec, total):
     db = Path(spec["workdir"]) / ("ingest-%d.sqlite" % os.getpid())
     store = IngestStore(db, keys=keys)
     ing = Ingestor(store, LOOPBACK, spec["port"], spec["ca"], spec["cert"], spec["key"], keys,
-                   client_id="perf-ingest-%d" % os.getpid(), on_event=on_event)
+                   client_id="fieldnode-perf-ingest-%d" % os.getpid(), on_event=on_event)
     ing.start()
     print("ready", flush=True)
     counter.done.wait(100)

@@ -58,7 +58,7 @@ def do_ca_init(args):
 
 
 @command("ca host-cert", "replace the host tools' certificate and key with a new self-signed pair "
-                         "(renewal); then run broker-config and reload the broker")
+                         "(renewal); then run broker-config and restart the broker")
 @fleet_arg
 @operator_arg
 @arg("--json", action="store_true", help="print the result as one JSON object")
@@ -78,4 +78,5 @@ def do_ca_host_cert(args):
         return
     print("host certificate replaced: CN fieldnode-host, sha256 %s, valid until %s"
           % (result["host_fingerprint"], result["host_not_after"]))
-    print("next: fieldnode broker-config --out DIR, then reload mosquitto (kill -HUP) so it pins the new one")
+    print("next: fieldnode broker-config --out DIR, then restart mosquitto so that it pins the new one "
+          "(a reload does not re-read a listener's cafile)")

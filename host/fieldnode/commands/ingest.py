@@ -6,6 +6,7 @@ import sys
 import threading
 from pathlib import Path
 
+from .. import pki
 from ..errors import FieldnodeError, UsageError
 from . import arg, command, fleet_arg
 from .messages import _broker_address
@@ -56,13 +57,21 @@ def _event_line(event, as_json):
 @arg("--json", action="store_true", help="one JSON object per event (stored, duplicate, conflict, rejected, status)")
 @arg("--count", type=int, metavar="N", help="stop after N newly stored messages")
 @arg("--client-id", default=None, metavar="ID",
-     help="MQTT client id of the persistent session (default fieldnode-ingest; one ingest per id)")
+     help="MQTT client id of the persistent session, starting fieldnode- (default fieldnode-ingest; one "
+          "ingest per id)")
 def do_ingest(args):
     from ..fleet import Fleet, KeyRing, resolve
     from ..ingest import CLIENT_ID, Ingestor, IngestStore
 
     if args.count is not None and args.count < 1:
         raise UsageError("--count: give a positive number of messages")
+    if args.client_id is not None:
+        try:
+            pki.check_host_name(args.client_id)
+        except UsageError:
+            raise UsageError("--client-id %r: start it with %r (then A-Z a-z 0-9 _ -, 32 characters at most): "
+                             "no node id does, so no node can take the session over"
+                             % (args.client_id, pki.HOST_PREFIX)) from None
     fleet = Fleet(resolve(args.fleet))
     fleet.require(fleet.ca_cert, fleet.host_cert, fleet.host_key)
     host, port = _broker_address(args.broker) if args.broker else fleet.host_broker()
