@@ -212,8 +212,8 @@ def renew_host_cert(fleet):
     revoked, so the next CRL carries a CA-issued one. Returns the new fingerprint and expiry. The broker
     pins the certificate: run `fieldnode broker-config` and restart mosquitto afterwards.
 
-    Crash-safe: the pair is written and synced in a new directory that replaces `host/` by two renames;
-    a run interrupted between them is finished by the next run (or put back, when it had not got that far)."""
+    Crash-safe: the pair is written and synced in a new directory that replaces `host/` by two renames. A
+    run killed between them leaves the old pair in `.host-old`; the next run puts it back, then replaces it."""
     fleet.require_ca()
     host_dir = fleet.host_cert.parent
     old = fleet.root / ".host-old"

@@ -88,6 +88,8 @@ class Fleet:
 
     def require(self, *paths):
         for p in paths:
+            if not p.exists() and p.parent == self.host_cert.parent and (self.root / ".host-old").is_dir():
+                raise FieldnodeError(f"{p} not found: `fieldnode ca host-cert` was interrupted; run it again")
             if not p.exists():
                 raise FieldnodeError(f"{p} not found: is {self.root} a fleet directory? "
                                      "(create one with `fieldnode ca init` or pass --fleet DIR)")
